@@ -1,0 +1,74 @@
+"""Per-app objects (settings, database, storage, publisher, metrics) and request dependencies.
+
+``require_owner`` is a plain header dependency: FastAPI resolves it before the endpoint body runs,
+and the upload endpoint reads ``request.stream()`` itself, so an unauthenticated upload is answered
+401 before any of its body is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from autopaint.settings import Settings
+from autopaint.storage import Storage
+from fastapi import Depends, Header, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.api.auth import ANONYMOUS_OWNER, authenticate
+from services.api.errors import ApiError
+from services.api.metrics import ApiMetrics
+from services.api.queue import Publisher
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    publisher: Publisher
+    metrics: ApiMetrics
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+    with ctx.sessions() as session:
+        yield session
+
+
+def _token(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def require_owner(
+    ctx: Annotated[AppContext, Depends(get_ctx)],
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="API key (alternative to Authorization)")] = None,
+) -> str:
+    """The id of the caller's API key (``anonymous`` when keys are not required)."""
+    token = _token(authorization, x_api_key)
+    if token is None:
+        if not ctx.settings.api_key_required:
+            return ANONYMOUS_OWNER
+        raise ApiError(401, "unauthorized", "missing API key", headers={"WWW-Authenticate": "Bearer"})
+    with ctx.sessions() as session:
+        key = authenticate(session, token)
+    if key is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return key.id
+
+
+Owner = Annotated[str, Depends(require_owner)]
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+DbSession = Annotated[Session, Depends(get_session)]

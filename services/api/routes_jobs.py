@@ -1,0 +1,275 @@
+"""``/v1/jobs``: submit (streamed multipart), list, status, results, cancel, delete."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Annotated, Any
+
+from autopaint.contracts import JobParams, JobState
+from autopaint.db import Artifact, Cohort, Job, new_id
+from autopaint.db import jobs as repo
+from autopaint.errors import InvalidInput
+from autopaint.model_cards import list_cards
+from autopaint.storage import UploadTooLarge, job_prefix
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from services.api.deps import AppContext, Ctx, DbSession, Owner
+from services.api.errors import ApiError, not_found
+from services.api.ingest import check_head, limits_for, required_roles, sanitize_and_store, validate_files
+from services.api.queue import BrokerUnavailable
+from services.api.schemas import ArtifactOut, ErrorOut, JobOut, JobPage, ResultsOut
+from services.api.uploads import ParsedUpload, UploadedFile, parse_upload
+from services.api.views import job_out
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or invalid API key"},
+    404: {"model": ErrorOut, "description": "no such job (or another key's job)"},
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "ct": {"type": "string", "format": "binary", "description": "CT NIfTI (HU)"},
+                        "pet": {"type": "string", "format": "binary", "description": "PET NIfTI (SUV or Bq/mL)"},
+                        "organ_mask": {"type": "string", "format": "binary", "description": "organ-of-interest mask"},
+                        "label": {"type": "string", "format": "binary", "description": "tumour label (metrics)"},
+                        "params": {"type": "string", "description": "JSON of JobParams",
+                                   "example": '{"preset": "thorax", "mode": "fast"}'},
+                        "cohort_id": {"type": "string", "description": "add the job to this cohort"},
+                        "case_name": {"type": "string", "description": "your label for the case"},
+                    },
+                },
+                "encoding": {"params": {"contentType": "application/json"}},
+            }
+        },
+    }
+}
+
+
+def _owned_job(session: DbSession, owner: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_key_id != owner:
+        raise not_found()
+    return job
+
+
+def _existing(ctx: AppContext, owner: str, key: str) -> Job | None:
+    with ctx.sessions() as s:
+        return s.scalars(select(Job).where(Job.owner_key_id == owner, Job.idempotency_key == key)).first()
+
+
+def _replay(ctx: AppContext, job: Job) -> JSONResponse:
+    with ctx.sessions() as s:
+        body = job_out(s, s.merge(job)).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Idempotent-Replayed": "true", "Location": f"/v1/jobs/{job.id}"})
+
+
+def _params(ctx: AppContext, fields: dict[str, str]) -> JobParams:
+    try:
+        params = JobParams.model_validate_json(fields.get("params") or "{}")
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"invalid params: {msg}", code="invalid_params") from exc
+    if params.model is not None:
+        names = {c["name"] for c in list_cards(ctx.settings.resolved_models_dir())}
+        if params.model not in names:
+            raise InvalidInput(f"unknown model {params.model[:100]!r}; see GET /v1/models", code="unknown_model")
+    if not params.suv_already and not (params.weight_kg and params.injected_dose_bq and params.delay_s is not None):
+        raise InvalidInput("PET in Bq/mL needs weight_kg, injected_dose_bq and delay_s", code="invalid_params")
+    return params
+
+
+def _cohort(ctx: AppContext, owner: str, cohort_id: str | None) -> str | None:
+    if not cohort_id:
+        return None
+    with ctx.sessions() as s:
+        cohort = s.get(Cohort, cohort_id)
+    if cohort is None or cohort.owner_key_id != owner:
+        raise ApiError(404, "not_found", "no such cohort")
+    return cohort.id
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a PET/CT case",
+    description="Multipart upload (streamed, capped). 202 only once every file is validated, "
+    "stored with its sha256 and the job row committed; then the job is published to the queue.",
+    responses={**ERRORS, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    openapi_extra=UPLOAD_BODY,
+)
+async def submit_job(
+    request: Request,
+    ctx: Ctx,
+    owner: Owner,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    s = ctx.settings
+    if idempotency_key and (job := _existing(ctx, owner, idempotency_key)) is not None:
+        return _replay(ctx, job)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > s.max_upload_bytes:
+        ctx.metrics.rejections.labels("upload_too_large").inc()
+        raise UploadTooLarge(f"the upload ({declared} bytes) exceeds {s.max_upload_bytes} bytes")
+    job_id = new_id()
+    tmp = s.state_dir / "uploads" / job_id
+    tmp.mkdir(parents=True)
+    limits = limits_for(s.max_voxels, s.max_upload_bytes)
+
+    def head_check(f: UploadedFile) -> None:
+        check_head(f.head, limits)
+
+    stored = False
+    try:
+        parsed: ParsedUpload = await parse_upload(
+            request.headers.get("content-type", ""), request.stream(), tmp, s.max_upload_bytes, head_check
+        )
+        params = _params(ctx, parsed.fields)
+        cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
+        case_name = (parsed.fields.get("case_name") or "").strip()[:200] or None
+        required_roles(params.modality, set(parsed.files))
+        paths = {role: f.path for role, f in parsed.files.items()}
+        await run_in_threadpool(validate_files, paths, limits)
+        stored = True
+        inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp)
+        job_params = params.model_dump(mode="json")
+        job_params["model"] = params.model or s.default_model
+        with ctx.sessions() as session:
+            job = Job(
+                id=job_id, owner_key_id=owner, cohort_id=cohort_id, case_name=case_name,
+                state=JobState.QUEUED.value, params=job_params, inputs=inputs, model_name=job_params["model"],
+                max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key,
+            )
+            session.add(job)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                other = _existing(ctx, owner, idempotency_key) if idempotency_key else None
+                if other is None:
+                    raise
+                ctx.storage.delete_prefix(job_prefix(job_id))
+                return _replay(ctx, other)
+        try:
+            await run_in_threadpool(ctx.publisher.publish, job_id, job.queue)
+        except BrokerUnavailable as exc:
+            with ctx.sessions() as session:
+                repo.fail_job(session, job_id, "broker_unavailable", "the job queue is unavailable; submit again")
+            ctx.metrics.rejections.labels("broker_unavailable").inc()
+            raise ApiError(503, "broker_unavailable", "the job queue is unavailable; try again later",
+                           headers={"Retry-After": "30"}) from exc
+        ctx.metrics.bytes_uploaded.inc(parsed.received_bytes)
+        ctx.metrics.jobs_submitted.inc()
+        log.info("job %s accepted (%d bytes, roles %s)", job_id, parsed.received_bytes, sorted(inputs))
+        with ctx.sessions() as session:
+            body = job_out(session, session.merge(job)).model_dump(mode="json")
+        return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+    except (InvalidInput, UploadTooLarge) as exc:
+        ctx.metrics.rejections.labels(exc.code).inc()
+        if stored:
+            ctx.storage.delete_prefix(job_prefix(job_id))
+        raise
+    except BaseException:
+        if stored:
+            with ctx.sessions() as session:
+                if session.get(Job, job_id) is None:
+                    ctx.storage.delete_prefix(job_prefix(job_id))
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@router.get("", response_model=JobPage, summary="List your jobs", responses=ERRORS)
+def list_jobs(
+    session: DbSession,
+    owner: Owner,
+    ctx: Ctx,
+    state: Annotated[list[JobState] | None, Query(description="filter: one or more states")] = None,
+    cohort_id: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    limit = min(limit, ctx.settings.page_size_max)
+    where = [Job.owner_key_id == owner]
+    if state:
+        where.append(Job.state.in_([st.value for st in state]))
+    if cohort_id:
+        where.append(Job.cohort_id == cohort_id)
+    total = int(session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)
+    rows = session.scalars(
+        select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+    ).all()
+    nxt = offset + len(rows) if offset + len(rows) < total else None
+    return JobPage(items=[job_out(session, j, with_eta=False) for j in rows], total=total, offset=offset,
+                   limit=limit, next_offset=nxt)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Job status, progress, queue position and ETA",
+            responses=ERRORS)
+def get_job(job_id: str, session: DbSession, owner: Owner) -> JobOut:
+    return job_out(session, _owned_job(session, owner, job_id))
+
+
+def _artifact_out(job_id: str, a: Artifact) -> ArtifactOut:
+    return ArtifactOut(name=a.name, bytes=a.bytes, sha256=a.sha256, content_type=a.content_type,
+                       url=f"/v1/jobs/{job_id}/results/{a.name}")
+
+
+@router.get("/{job_id}/results", response_model=ResultsOut, summary="List result files", responses=ERRORS)
+def list_results(job_id: str, session: DbSession, owner: Owner) -> ResultsOut:
+    job = _owned_job(session, owner, job_id)
+    arts = session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
+    return ResultsOut(job_id=job_id, state=job.state, artifacts=[_artifact_out(job_id, a) for a in arts])
+
+
+@router.get(
+    "/{job_id}/results/{name}",
+    summary="Download one result file (streamed)",
+    responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+)
+def get_result(job_id: str, name: str, session: DbSession, owner: Owner, ctx: Ctx) -> StreamingResponse:
+    _owned_job(session, owner, job_id)
+    art = session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).first()
+    if art is None or not ctx.storage.exists(art.storage_key):
+        raise ApiError(404, "not_found", "no such result")
+    headers = {"Content-Length": str(art.bytes), "ETag": f'"{art.sha256}"', "X-Content-SHA256": art.sha256,
+               "Content-Disposition": f'attachment; filename="{art.name}"'}
+    return StreamingResponse(ctx.storage.iter_chunks(art.storage_key), media_type=art.content_type,
+                             headers=headers)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",
+             description="A queued job is cancelled at once; a running one stops at the next stage boundary.",
+             responses=ERRORS)
+def cancel_job(job_id: str, session: DbSession, owner: Owner) -> JobOut:
+    _owned_job(session, owner, job_id)
+    repo.request_cancel(session, job_id)
+    return job_out(session, _owned_job(session, owner, job_id))
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job, its inputs and results",
+               responses={**ERRORS, 409: {"model": ErrorOut, "description": "still running; cancel requested"}})
+def delete_job(job_id: str, session: DbSession, owner: Owner, ctx: Ctx) -> Response:
+    _owned_job(session, owner, job_id)
+    if repo.request_cancel(session, job_id) == JobState.RUNNING:
+        raise ApiError(409, "job_running", "the job is running: cancel requested, delete it again once it stopped")
+    session.delete(session.get(Job, job_id, populate_existing=True))
+    session.commit()
+    ctx.storage.delete_prefix(job_prefix(job_id))
+    log.info("job %s deleted", job_id)
+    return Response(status_code=204)
+

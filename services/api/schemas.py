@@ -1,0 +1,155 @@
+"""Response and request bodies of the API (pydantic), with OpenAPI examples."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB_ID_EXAMPLE = "3f2a9c1e5b7d4e8f9a0b1c2d3e4f5a6b"
+
+
+class ErrorOut(BaseModel):
+    code: str = Field(examples=["too_many_voxels"])
+    detail: str = Field(examples=["declared 900000000 voxels, limit 314572800"])
+
+
+class InputOut(BaseModel):
+    sha256: str
+    bytes: int
+
+
+class ProgressOut(BaseModel):
+    stage: str = Field(examples=["searching"])
+    done: int = Field(description="units done in this stage", examples=[37])
+    total: int = Field(description="units in this stage (0 = unknown)", examples=[120])
+    unit: str = Field(examples=["slices"])
+    circles_done: int = Field(examples=[5400])
+    circles_total: int = Field(examples=[17000])
+    fraction: float | None = Field(description="done / total of the current stage", examples=[0.31])
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": JOB_ID_EXAMPLE,
+                    "state": "running",
+                    "progress": {"stage": "searching", "done": 37, "total": 120, "unit": "slices",
+                                 "circles_done": 5400, "circles_total": 17000, "fraction": 0.31},
+                    "queue_position": None,
+                    "eta_s": 42.5,
+                    "attempts": 1,
+                    "max_attempts": 3,
+                    "params": {"preset": "thorax", "mode": "fast", "threshold": None},
+                    "inputs": {"ct": {"sha256": "9b1c...", "bytes": 1048576}},
+                }
+            ]
+        }
+    )
+
+    id: str
+    state: str
+    cohort_id: str | None = None
+    case_name: str | None = None
+    progress: ProgressOut
+    queue_position: int | None = Field(None, description="1 = next to run; only while queued")
+    eta_s: float | None = Field(None, description="estimated seconds until finished, from recent jobs")
+    attempts: int
+    max_attempts: int
+    params: dict[str, Any]
+    inputs: dict[str, InputOut]
+    model_name: str | None = None
+    model_sha256: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    cancel_requested: bool = False
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    manifest: dict[str, Any] | None = None
+    results_url: str | None = None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int = Field(description="jobs matching the filters")
+    offset: int
+    limit: int
+    next_offset: int | None = None
+
+
+class ArtifactOut(BaseModel):
+    name: str = Field(examples=["mask.nii.gz"])
+    bytes: int
+    sha256: str
+    content_type: str
+    url: str = Field(examples=[f"/v1/jobs/{JOB_ID_EXAMPLE}/results/mask.nii.gz"])
+
+
+class ResultsOut(BaseModel):
+    job_id: str
+    state: str
+    artifacts: list[ArtifactOut]
+
+
+class ThresholdIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"threshold": 0.3}]})
+
+    threshold: float = Field(ge=0.0, le=1.0, description="new residual threshold in [0, 1]")
+
+
+class ThresholdOut(BaseModel):
+    job_id: str
+    threshold: float
+    previous_threshold: float | None
+    lesions: list[dict[str, Any]]
+    metrics: dict[str, Any] | None = Field(None, description="Dice etc. when the job had a label")
+    artifacts: list[ArtifactOut]
+
+
+class CohortIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "sarcoma-2024"}]})
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CohortCase(BaseModel):
+    job_id: str
+    case_name: str | None
+    state: str
+    stage: str
+    fraction: float | None
+    error_code: str | None = None
+
+
+class CohortOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    counts: dict[str, int] = Field(description="jobs per state", examples=[{"succeeded": 18, "running": 2}])
+    progress: float = Field(description="finished cases / all cases", examples=[0.9])
+    cases: list[CohortCase]
+    lesions_csv_url: str
+    metrics_csv_url: str
+
+
+class ModelOut(BaseModel):
+    name: str = Field(examples=["thorax-petct-gconvlap-128"])
+    modality: str | None = None
+    size: int | None = None
+    arch: str | None = None
+    default_threshold: float | None = None
+    has_weights: bool
+    weights_bytes: int | None = None
+    default: bool = False
+    card: dict[str, Any]
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    database: bool
+    broker: bool

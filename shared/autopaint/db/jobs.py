@@ -1,0 +1,294 @@
+"""Job-state repository: the transitions of a job row, each one committed atomically.
+
+State machine (see DESIGN.md §5)::
+
+    QUEUED --lease_job--> RUNNING --finish_job--> SUCCEEDED
+      |                    |  \\--fail_job / requeue_or_fail (attempts == max)--> FAILED
+      |                    |   \\--requeue_or_fail (attempts < max)--> QUEUED
+      |                    \\--cancel requested, mark_cancelled--> CANCELLED
+      \\--request_cancel (directly)--> CANCELLED
+
+Every function takes an open ``Session``, commits its own transaction and returns plain values.
+Leases are conditional UPDATEs, so two workers that receive the same message (a re-delivery)
+cannot both run the job: only one UPDATE matches the row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from autopaint.contracts import JobState, Stage
+from autopaint.db.models import Artifact, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS_CODE = "max_attempts_exceeded"
+
+
+def _get(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def lease_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+    """Take the job for ``worker_id`` for ``lease_s`` seconds: QUEUED -> RUNNING, or RUNNING with an
+    expired lease (the previous worker died) -> RUNNING; ``attempts`` + 1.
+
+    Returns the leased job, or None when another worker holds a live lease, the job is terminal
+    or unknown, or a cancel was requested (a QUEUED job is then CANCELLED here). A job whose
+    attempts are used up is FAILED with code ``max_attempts_exceeded`` and None is returned.
+    """
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            Job.attempts < Job.max_attempts,
+            or_(
+                Job.state == JobState.QUEUED.value,
+                and_(
+                    Job.state == JobState.RUNNING.value,
+                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+                ),
+            ),
+        )
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=Job.attempts + 1,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=now,
+            stage=Stage.loading.value,
+            stage_started_at=now,
+            progress_done=0,
+            progress_total=0,
+            progress_unit="",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    won = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    session.commit()
+    job = _get(session, job_id)
+    if won:
+        log.info("job %s leased by %s (attempt %d)", job_id, worker_id, job.attempts if job else -1)
+        return job
+    if job is None:
+        log.warning("lease of unknown job %s", job_id)
+        return None
+    if job.cancel_requested and job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
+        _lease_expired = job.lease_expires_at is None or job.lease_expires_at < now
+        if job.state == JobState.QUEUED.value or _lease_expired:
+            mark_cancelled(session, job_id)
+        return None
+    expired = job.lease_expires_at is None or job.lease_expires_at < now
+    if job.attempts >= job.max_attempts and (
+        job.state == JobState.QUEUED.value or (job.state == JobState.RUNNING.value and expired)
+    ):
+        fail_job(
+            session,
+            job_id,
+            MAX_ATTEMPTS_CODE,
+            f"the job was attempted {job.attempts} times (maximum {job.max_attempts}); "
+            f"last error: {job.error_message or 'the worker died'}",
+        )
+    return None
+
+
+def lease_remaining_s(session: Session, job_id: str) -> float | None:
+    """Seconds left on a RUNNING job's lease (None when not running or no lease)."""
+    job = _get(session, job_id)
+    if job is None or job.state != JobState.RUNNING.value or job.lease_expires_at is None:
+        return None
+    return (job.lease_expires_at - utcnow()).total_seconds()
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float) -> bool:
+    """Extend the lease of a RUNNING job held by ``worker_id``; False when the lease was lost."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == JobState.RUNNING.value)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    ok = session.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+    session.commit()
+    return ok
+
+
+def _close_stage(job: Job, now: datetime) -> None:
+    """Add the time spent in the current stage to ``job.timings`` (seconds per stage)."""
+    if job.stage_started_at is not None and job.stage not in (Stage.queued.value, Stage.done.value):
+        timings = dict(job.timings or {})
+        spent = (now - job.stage_started_at).total_seconds()
+        timings[job.stage] = round(float(timings.get(job.stage, 0.0)) + spent, 3)
+        job.timings = timings
+
+
+def set_progress(
+    session: Session,
+    job_id: str,
+    stage: Stage | str,
+    done: int,
+    total: int,
+    unit: str,
+    circles_done: int | None = None,
+    circles_total: int | None = None,
+) -> None:
+    """Record the current stage and its progress (``done`` of ``total`` ``unit``, e.g. slices);
+    on a stage change the previous stage's duration is added to ``timings``."""
+    job = _get(session, job_id)
+    if job is None or job.state != JobState.RUNNING.value:
+        session.rollback()
+        return
+    stage = Stage(stage).value
+    now = utcnow()
+    if stage != job.stage:
+        _close_stage(job, now)
+        job.stage = stage
+        job.stage_started_at = now
+    job.progress_done, job.progress_total, job.progress_unit = int(done), int(total), str(unit)
+    if circles_done is not None:
+        job.circles_done = int(circles_done)
+    if circles_total is not None:
+        job.circles_total = int(circles_total)
+    session.commit()
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    manifest: dict[str, Any],
+    artifacts: list[dict[str, Any]],
+    worker_id: str | None = None,
+) -> bool:
+    """RUNNING -> SUCCEEDED with ``manifest`` and the result files. ``artifacts``: dicts with
+    ``name, storage_key, sha256, bytes`` and optional ``content_type``; they replace any earlier
+    rows of this job (idempotent). False (nothing changed) when the job is no longer RUNNING or,
+    given ``worker_id``, leased by someone else."""
+    job = _get(session, job_id)
+    if job is None or job.state != JobState.RUNNING.value or (
+        worker_id is not None and job.lease_owner != worker_id
+    ):
+        session.rollback()
+        return False
+    now = utcnow()
+    _close_stage(job, now)
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    for a in artifacts:
+        session.add(
+            Artifact(
+                job_id=job_id,
+                name=a["name"],
+                storage_key=a["storage_key"],
+                sha256=a["sha256"],
+                bytes=int(a["bytes"]),
+                content_type=a.get("content_type") or "application/octet-stream",
+            )
+        )
+    job.state = JobState.SUCCEEDED.value
+    job.stage = Stage.done.value
+    job.stage_started_at = now
+    job.finished_at = now
+    job.manifest = manifest
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else None
+    job.model_name = manifest.get("model_name") or (model or {}).get("name") or job.model_name
+    job.model_sha256 = manifest.get("model_sha256") or (model or {}).get("sha256") or job.model_sha256
+    job.lease_owner, job.lease_expires_at = None, None
+    job.error_code, job.error_message = None, None
+    session.commit()
+    return True
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str) -> None:
+    """Any non-terminal state -> FAILED with an error code and message."""
+    job = _get(session, job_id)
+    if job is None or JobState(job.state).terminal:
+        session.rollback()
+        return
+    now = utcnow()
+    _close_stage(job, now)
+    job.state = JobState.FAILED.value
+    job.error_code, job.error_message = code, message[:4000]
+    job.finished_at = now
+    job.lease_owner, job.lease_expires_at = None, None
+    session.commit()
+    log.info("job %s failed: %s", job_id, code)
+
+
+def requeue_or_fail(session: Session, job_id: str, code: str, message: str) -> JobState:
+    """After a retryable error: back to QUEUED while attempts < max_attempts, else FAILED.
+    Returns the new state (or the current one when the job was already terminal)."""
+    job = _get(session, job_id)
+    if job is None:
+        session.rollback()
+        return JobState.FAILED
+    if JobState(job.state).terminal:
+        session.rollback()
+        return JobState(job.state)
+    if job.attempts < job.max_attempts and not job.cancel_requested:
+        _close_stage(job, utcnow())
+        job.state = JobState.QUEUED.value
+        job.stage = Stage.queued.value
+        job.stage_started_at = None
+        job.lease_owner, job.lease_expires_at = None, None
+        job.error_code, job.error_message = code, message[:4000]
+        session.commit()
+        return JobState.QUEUED
+    session.rollback()
+    if job.cancel_requested:
+        mark_cancelled(session, job_id)
+        return JobState.CANCELLED
+    fail_job(session, job_id, code, message)
+    return JobState.FAILED
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    """True when the owner asked to cancel (checked by the worker between stages)."""
+    value = session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none()
+    session.rollback()  # end the read transaction (fresh data on the next call)
+    return bool(value)
+
+
+def mark_cancelled(session: Session, job_id: str) -> None:
+    """Any non-terminal state -> CANCELLED."""
+    job = _get(session, job_id)
+    if job is None or JobState(job.state).terminal:
+        session.rollback()
+        return
+    now = utcnow()
+    _close_stage(job, now)
+    job.state = JobState.CANCELLED.value
+    job.cancel_requested = True
+    job.finished_at = now
+    job.lease_owner, job.lease_expires_at = None, None
+    session.commit()
+
+
+def request_cancel(session: Session, job_id: str) -> JobState:
+    """The owner's cancel: a QUEUED job becomes CANCELLED at once (conditional UPDATE, so a worker
+    leasing it concurrently either wins first or finds it cancelled); a RUNNING job gets
+    ``cancel_requested`` and stops at the next stage boundary. Returns the state after the call."""
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
+        .values(state=JobState.CANCELLED.value, cancel_requested=True, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount == 1:  # type: ignore[attr-defined]
+        session.commit()
+        return JobState.CANCELLED
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    job = _get(session, job_id)
+    return JobState(job.state) if job is not None else JobState.CANCELLED

@@ -1,0 +1,79 @@
+"""Service settings (API, worker, admin CLI), read from the environment with prefix ``AUTOPAINT_``.
+
+Build one ``Settings()`` at process start and pass it down (``create_app(settings)``,
+``create_celery_app(settings)``); there is deliberately no module-level instance. Unset URLs and
+folders are derived from ``state_dir`` (env ``AUTOPAINT_STATE_DIR``): the embedded default is a
+SQLite database, the kombu ``sqla+sqlite://`` broker and local-disk storage under that folder.
+(``AUTOPAINT_DATA_DIR`` is taken: it names the read-only real data sets, see ``autopaint.paths``.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autopaint.contracts import QUEUE_CPU, QUEUE_GPU
+
+DEFAULT_MODEL = "thorax-petct-gconvlap-128"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTOPAINT_", extra="ignore")
+
+    state_dir: Path = Field(default_factory=lambda: Path.home() / ".autopaint")
+    database_url: str = ""  # default: sqlite:///<state_dir>/autopaint.db
+    broker_url: str = ""  # default: sqla+sqlite:///<state_dir>/broker.db
+    broker_key_prefix: str = ""  # Redis only: prefix of every broker key (isolates test runs)
+    storage_backend: Literal["local"] = "local"
+    storage_dir: Path | None = None  # default: <state_dir>/storage (a shared volume in production)
+
+    queue: str = QUEUE_GPU  # where the API publishes jobs
+    cpu_queue: str = QUEUE_CPU
+    publish_timeout_s: float = 5.0
+
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)  # per request, counted on the stream
+    max_voxels: int = Field(default=512 * 512 * 1200, gt=0)  # per input volume (declared in header)
+    max_attempts: int = Field(default=3, ge=1)
+    soft_time_limit_s: int = Field(default=3600, gt=0)
+    hard_time_limit_s: int = Field(default=3900, gt=0)
+    visibility_timeout_s: int = Field(default=7200, gt=0)
+    lease_s: int = Field(default=300, gt=0)  # DB lease; renewed by the worker's heartbeat
+    progress_every_circles: int = Field(default=50, gt=0)
+    default_model: str = DEFAULT_MODEL
+    models_dir: Path | None = None  # default: autopaint.paths.models_dir()
+    device: str = "auto"
+    api_key_required: bool = True
+    page_size_max: int = Field(default=200, gt=0)
+
+    @model_validator(mode="after")
+    def _derive_and_check(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.state_dir / 'autopaint.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.state_dir / 'broker.db'}"
+        if self.storage_dir is None:
+            self.storage_dir = self.state_dir / "storage"
+        if self.hard_time_limit_s <= self.soft_time_limit_s:
+            raise ValueError("hard_time_limit_s must be greater than soft_time_limit_s")
+        if self.visibility_timeout_s <= self.hard_time_limit_s:
+            raise ValueError(
+                "visibility_timeout_s must exceed hard_time_limit_s, or the broker re-delivers "
+                "a job that is still running"
+            )
+        return self
+
+    def resolved_models_dir(self) -> Path:
+        if self.models_dir is not None:
+            return self.models_dir
+        from autopaint.paths import models_dir
+
+        return models_dir()
+
+    def ensure_dirs(self) -> None:
+        """Create ``state_dir`` and the local storage folder (embedded default)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.storage_backend == "local" and self.storage_dir is not None:
+            self.storage_dir.mkdir(parents=True, exist_ok=True)

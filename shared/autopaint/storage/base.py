@@ -1,0 +1,79 @@
+"""The storage protocol shared by the API (inputs) and the worker (results).
+
+Keys are POSIX-style relative paths built by the service only, never from client filenames:
+``jobs/<job_id>/inputs/<role>.nii.gz`` and ``jobs/<job_id>/results/<name>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from autopaint.errors import AutopaintError
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+class StorageError(AutopaintError):
+    code = "storage_error"
+
+
+class UploadTooLarge(StorageError):
+    """Raised by ``put_stream`` when more than ``max_bytes`` arrive (nothing is kept)."""
+
+    code = "upload_too_large"
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the storage root (``..``, absolute, odd characters)."""
+    if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise StorageError(f"invalid storage key {key!r}", code="invalid_key")
+    return key
+
+
+def input_key(job_id: str, role: str) -> str:
+    return check_key(f"jobs/{job_id}/inputs/{role}.nii.gz")
+
+
+def result_key(job_id: str, name: str) -> str:
+    return check_key(f"jobs/{job_id}/results/{name}")
+
+
+def job_prefix(job_id: str) -> str:
+    return check_key(f"jobs/{job_id}")
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], max_bytes: int | None = None
+    ) -> tuple[str, int]:
+        """Store the concatenated chunks atomically under ``key``; return (sha256 hex, bytes).
+        Raises ``UploadTooLarge`` (nothing stored) once more than ``max_bytes`` arrived."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> tuple[str, int]:
+        """Copy a local file atomically; return (sha256 hex, bytes)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open for binary reading (the caller closes it). ``FileNotFoundError`` when absent."""
+        ...
+
+    def path(self, key: str) -> Path | None:
+        """A local filesystem path for the key when the backend has one, else None."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; return how many were deleted."""
+        ...
+
+    def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream an object's bytes."""
+        ...
