@@ -1,0 +1,273 @@
+"""Per-volume autoinpainting driver: exact mode (the paper) and fast mode.
+
+Input: the prepared model-grid stack ``images`` (K, C, N, N) float32 in [0, 1] (axial slices of the
+reference grid) and the OOI ``ooi`` (K, N, N) bool. Output: the autoinpainted stack (non-OOI
+slices and slices failing the size filter equal the input) and the residual (K, N, N) in [0, 1]:
+|input - autoinpainted| per channel, combined over channels (mean by default, or max), zero
+outside the OOI.
+
+Fast-mode sources (each can be switched off to measure its contribution):
+``screen`` grouped screening pass + calibrated level (only flagged slices are searched, then
+their unflagged OOI neighbours along k while the size filter keeps slices: "neighbour growth");
+``grouped`` grouped scoring with exact re-scoring of the top ``rescore_k`` circles;
+``early_stop`` the ladder stops inpainting at the first no-change rung (same result);
+``batch`` passes of many slices share one inpaint call (wall time only).
+Exact mode uses none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autopaint.errors import Cancelled
+from autopaint.segment.fast import fallback_level, grouped_scores, screen_score
+from autopaint.segment.refine import combine_channels, run_ladder, size_filter
+from autopaint.segment.search import (
+    Circles,
+    abs_diff,
+    candidate_circles,
+    candidate_grid,
+    exact_scores,
+    inpaint_holes,
+    top_k,
+)
+from autopaint.segment.types import (
+    CancelFn,
+    Counters,
+    Geometry,
+    InpainterLike,
+    Mode,
+    ProgressEvent,
+    ProgressFn,
+    SearchParams,
+)
+
+log = logging.getLogger(__name__)
+
+FAST_SOURCES: frozenset[str] = frozenset({"screen", "grouped", "early_stop", "batch"})
+
+
+@dataclass
+class AutoinpaintResult:
+    """Engine output (model grid). ``unions``/``final_masks`` (K, N, N) bool: top-k union and the
+    ladder's chosen mask per searched slice. ``slices``: per-slice records (k, flagged, screen score,
+    top-k centres, chosen rung, kept, largest component area)."""
+
+    autoinpainted: np.ndarray
+    residual: np.ndarray
+    unions: np.ndarray
+    final_masks: np.ndarray
+    slices: list[dict[str, Any]]
+    counters: Counters
+    flops: int
+    timings: dict[str, float]
+    mode: str
+    sources: list[str]
+    screen_level: float | None
+    level_source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Ctx:
+    def __init__(self, inpainter: InpainterLike, progress: ProgressFn | None,
+                 should_cancel: CancelFn | None) -> None:
+        self.inpainter = inpainter
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.counters = Counters()
+        self.timings: dict[str, float] = {}
+
+    def report(self, stage: str, done: int, total: int, unit: str) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, done, total, unit))
+
+    def check(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled("job cancelled")
+
+    def count(self, stage: str, before: int) -> None:
+        self.counters.add(stage, self.inpainter.images_inpainted - before)
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def rescore_batch(inpainter: InpainterLike, images: np.ndarray, circles: dict[int, Circles],
+                  subsets: dict[int, np.ndarray], kind: str) -> dict[int, np.ndarray]:
+    """Exact scores (one circle per pass) of ``subsets[k]`` of ``circles[k]`` for several slices,
+    in one inpaint call (batched across slices). ``images`` (K, C, N, N)."""
+    keys = [k for k in circles if len(subsets[k])]
+    if not keys:
+        return {k: np.zeros(0) for k in circles}
+    src = np.concatenate([np.full(len(subsets[k]), k) for k in keys])
+    holes = np.concatenate([circles[k].masks(subsets[k]) for k in keys])
+    imgs = images[src]
+    diff = abs_diff(imgs, inpaint_holes(inpainter, imgs, holes))
+    out: dict[int, np.ndarray] = {k: np.zeros(0) for k in circles}
+    start = 0
+    for k in keys:
+        m = len(subsets[k])
+        out[k] = circles[k].scores(diff[start:start + m], subsets[k], images.shape[1], kind)  # type: ignore[arg-type]
+        start += m
+    return out
+
+
+def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.ndarray, geom: Geometry,
+                       params: SearchParams, sources: frozenset[str], grouped: dict[int, np.ndarray],
+                       slices: dict[int, dict[str, Any]], unions: np.ndarray, out: np.ndarray,
+                       final_masks: np.ndarray, batch: int) -> None:
+    """Full search (grouped completion + re-scoring, or exact) -> top-k union -> ladder -> size
+    filter for the slices ``todo``; fills ``unions``, ``out``, ``final_masks`` and ``slices`` in place."""
+    inpainter = ctx.inpainter
+    if {"screen", "grouped"} <= sources and params.screen_subsample > 1:
+        # the screen ran only its subset of groups: run the remaining checkerboard groups
+        t0, before = time.perf_counter(), inpainter.images_inpainted
+        for chunk in _chunks(todo, batch):
+            ctx.check()
+            rest = grouped_scores(inpainter, images[chunk], ooi[chunk], geom, params, "rest")
+            for k, sc in zip(chunk, rest, strict=True):
+                grouped[k] = np.where(np.isnan(grouped[k]), sc, grouped[k])
+        ctx.count("grouped", before)
+        ctx.timings["grouped"] = ctx.timings.get("grouped", 0.0) + time.perf_counter() - t0
+
+    t0, before = time.perf_counter(), inpainter.images_inpainted
+    n_circ = {k: len(candidate_grid(ooi[k], geom.stride)[0]) for k in todo}
+    total = sum(min(n_circ[k], params.rescore_k) if "grouped" in sources else n_circ[k] for k in todo)
+    done = 0
+    for chunk in _chunks(todo, batch):
+        ctx.check()
+        circ = {k: candidate_circles(ooi[k], geom.radius, geom.stride) for k in chunk}
+        if "grouped" in sources:
+            subs = {k: top_k(grouped[k], params.rescore_k) for k in chunk}
+            rescored = rescore_batch(inpainter, images, circ, subs, params.score)
+            picks = {k: subs[k][top_k(rescored[k], params.top_k)] for k in chunk}
+            done += sum(len(subs[k]) for k in chunk)
+        else:
+            picks = {}
+            for k in chunk:
+                exact = exact_scores(inpainter, images[k], circ[k], params.score)
+                picks[k] = top_k(exact, params.top_k)
+                done += len(exact)
+        for k in chunk:
+            unions[k] = circ[k].union(picks[k])
+            slices[k]["top_centres"] = circ[k].centres[picks[k]].round(3).tolist()
+        ctx.report("search", done, total, "circles")
+    ctx.count("search", before)
+    ctx.timings["search"] = ctx.timings.get("search", 0.0) + time.perf_counter() - t0
+    ctx.check()
+
+    # dilation ladder (batched across slices, rung by rung) + size filter
+    t0, before = time.perf_counter(), inpainter.images_inpainted
+    done = 0
+    for chunk in _chunks(todo, batch):
+        ctx.check()
+        lad = run_ladder(inpainter, images[chunk], unions[chunk], geom.ladder_widths,
+                         params.ladder_tol, early_stop="early_stop" in sources)
+        for j, k in enumerate(chunk):
+            final_masks[k] = lad.masks[j]
+            out[k], kept, area = size_filter(images[k], lad.inpainted[j], lad.masks[j],
+                                             params.residual_level, geom.min_area, params.combine)
+            slices[k].update(rung=int(lad.rung[j]), rungs_run=int(lad.rungs_run[j]), kept=bool(kept),
+                             largest_component_px=area)
+        done += len(chunk)
+        ctx.report("ladder", done, len(todo), "slices")
+    ctx.count("ladder", before)
+    ctx.timings["ladder"] = ctx.timings.get("ladder", 0.0) + time.perf_counter() - t0
+
+
+def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
+                params: SearchParams | None = None, mode: Mode = "fast",
+                screen_level: float | None = None, sources: frozenset[str] | None = None,
+                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                ) -> AutoinpaintResult:
+    """Autoinpaint a volume's slices. ``images`` (K, C, N, N) float32 [0, 1]; ``ooi`` (K, N, N) bool.
+
+    ``mode="exact"``: every OOI slice gets the full circle search (one circle per pass), the
+    six-rung ladder and the size filter. ``mode="fast"``: ``sources`` (default all of
+    :data:`FAST_SOURCES`). ``screen_level``: calibrated level (card["screen_level"]); None uses the
+    volume's own robust fallback (:func:`fast.fallback_level`).
+    """
+    params = params or SearchParams()
+    if sources is None:
+        sources = FAST_SOURCES if mode == "fast" else frozenset()
+    unknown = set(sources) - FAST_SOURCES
+    if unknown:
+        raise ValueError(f"unknown fast-mode sources {sorted(unknown)}")
+    k_count, n_ch, n = images.shape[0], images.shape[1], images.shape[-1]
+    if ooi.shape != (k_count, n, n):
+        raise ValueError(f"ooi shape {ooi.shape} does not match images {images.shape}")
+    geom = Geometry.for_size(params, n)
+    ctx = _Ctx(inpainter, progress, should_cancel)
+    batch = params.slice_batch if "batch" in sources else 1
+    ooi_slices = [k for k in range(k_count) if ooi[k].any()]
+    slices: dict[int, dict[str, Any]] = {k: {"k": k, "flagged": False} for k in ooi_slices}
+    use_grouped = bool({"screen", "grouped"} & sources)
+
+    # Stage 1: grouped pass (screen and/or grouped scoring), batched across slices.
+    grouped: dict[int, np.ndarray] = {}
+    level: float | None = None
+    level_source = "none"
+    if use_grouped:
+        t0, before = time.perf_counter(), inpainter.images_inpainted
+        done = 0
+        which = "screen" if "screen" in sources else "all"
+        for chunk in _chunks(ooi_slices, batch):
+            ctx.check()
+            for k, sc in zip(chunk, grouped_scores(inpainter, images[chunk], ooi[chunk], geom, params, which),
+                             strict=True):
+                grouped[k] = sc
+                slices[k]["screen_score"] = screen_score(sc)
+            done += len(chunk)
+            ctx.report("screen", done, len(ooi_slices), "slices")
+        ctx.count("screen", before)
+        ctx.timings["screen"] = time.perf_counter() - t0
+    flagged = list(ooi_slices)
+    if "screen" in sources:
+        scores = np.array([slices[k]["screen_score"] for k in ooi_slices])
+        if screen_level is not None:
+            level, level_source = float(screen_level), "calibrated"
+        else:
+            level, level_source = fallback_level(scores, params.screen_fallback_k), "volume_fallback"
+        flagged = [k for k in ooi_slices if slices[k]["screen_score"] > level]
+        log.info("screen: %d of %d OOI slices flagged (level %.4f, %s)", len(flagged),
+                 len(ooi_slices), level, level_source)
+    for k in flagged:
+        slices[k]["flagged"] = True
+    ctx.check()
+    unions = np.zeros((k_count, n, n), dtype=bool)
+    out = images.astype(np.float32, copy=True)
+    final_masks = np.zeros((k_count, n, n), dtype=bool)
+    todo, processed = list(flagged), set(flagged)
+    while todo:
+        _search_and_refine(ctx, todo, images, ooi, geom, params, sources, grouped, slices, unions,
+                           out, final_masks, batch)
+        if "screen" not in sources:
+            break
+        # neighbour growth: tumours are 3D, so an unflagged OOI slice next to a kept slice is
+        # searched too (catches the small cross-sections at a tumour's ends that the screen misses)
+        grow = sorted({k + d for k in todo if slices[k].get("kept") for d in (-1, 1)} & set(ooi_slices)
+                      - processed)
+        for k in grow:
+            slices[k]["flagged"] = True
+            slices[k]["grown"] = True
+        processed.update(grow)
+        todo = grow
+
+    residual = combine_channels(np.abs(images - out), params.combine).astype(np.float32)
+    residual *= ooi
+    np.clip(residual, 0.0, 1.0, out=residual)
+    return AutoinpaintResult(
+        autoinpainted=out, residual=residual, unions=unions, final_masks=final_masks,
+        slices=[slices[k] for k in ooi_slices], counters=ctx.counters,
+        flops=int(ctx.counters.total * int(inpainter.flops_per_image)), timings=ctx.timings,
+        mode=mode, sources=sorted(sources), screen_level=level if level is None or math.isfinite(level)
+        else None, level_source=level_source, extra={"geometry": asdict(geom), "n_channels": n_ch},
+    )

@@ -1,0 +1,97 @@
+"""Lesion statistics of a final mask: 3D components (cc3d, 26-connectivity) with volume (ml), SUVmax,
+SUVmean, SUVpeak, TLG and centroid (RAS+ mm).
+
+SUVpeak: the highest mean SUV in a 1 ml sphere (radius (3 / 4pi)^(1/3) cm = 6.2035 mm) centred on
+any voxel of the lesion. The sphere mean is a normalised FFT convolution (scipy.signal.fftconvolve)
+of the SUV with the sphere kernel over the lesion's bounding box plus the sphere's reach; voxels of
+the sphere outside the image do not count (mean over the in-image part). TLG = SUVmean x volume (ml).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+import cc3d
+import numpy as np
+from scipy import signal
+
+from autopaint.imaging.volume import Volume
+
+SPHERE_1ML_RADIUS_MM = (3.0 / (4.0 * math.pi)) ** (1.0 / 3.0) * 10.0
+
+CSV_FIELDS = ("id", "voxels", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg",
+              "centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
+
+
+def sphere_kernel(affine: np.ndarray, radius_mm: float = SPHERE_1ML_RADIUS_MM) -> np.ndarray:
+    """Bool kernel of the voxels whose centres lie within ``radius_mm`` of the centre voxel
+    (distances through the affine's 3x3 part, so anisotropic/oblique grids are handled)."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(a, axis=0)
+    half = np.ceil(radius_mm / spacing).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij")
+    offs = np.stack([g.ravel() for g in grids], axis=1) @ a.T
+    inside = (offs ** 2).sum(axis=1) <= radius_mm ** 2 + 1e-9
+    return inside.reshape(grids[0].shape)
+
+
+def peak_mean(suv: np.ndarray, lesion: np.ndarray, kernel: np.ndarray) -> float:
+    """Max over lesion voxels of the kernel-mean of ``suv`` (both (I, J, K)); see module doc."""
+    idx = np.argwhere(lesion)
+    half = np.array(kernel.shape) // 2
+    lo = np.maximum(idx.min(axis=0) - half, 0)
+    hi = np.minimum(idx.max(axis=0) + half + 1, suv.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    k = kernel.astype(np.float64)
+    s = signal.fftconvolve(suv[box].astype(np.float64), k, mode="same")
+    c = signal.fftconvolve(np.ones(s.shape), k, mode="same")
+    means = s / np.maximum(c, 1e-9)
+    return float(means[lesion[box]].max())
+
+
+def lesion_table(mask: Volume, suv: Volume | None) -> list[dict[str, Any]]:
+    """One dict per 26-connected component of ``mask`` (data (I, J, K), nonzero = lesion), largest
+    first (ties: cc3d's raster order). ``suv``: SUV volume on the same grid, or None (CT only:
+    SUV fields are None). Keys: :data:`CSV_FIELDS`."""
+    m = np.asarray(mask.data) > 0
+    if suv is not None and suv.shape != mask.shape:
+        raise ValueError(f"SUV volume {suv.shape} is not on the mask grid {mask.shape}")
+    labels = cc3d.connected_components(m.astype(np.uint8), connectivity=26)
+    n = int(labels.max())
+    if n == 0:
+        return []
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    order = sorted(range(1, n + 1), key=lambda i: (-counts[i], i))
+    kernel = sphere_kernel(mask.affine) if suv is not None else None
+    rows = []
+    for new_id, lab in enumerate(order, start=1):
+        les = labels == lab
+        idx = np.argwhere(les)
+        centroid = mask.index_to_world(idx.mean(axis=0))[0]
+        vol_ml = float(counts[lab]) * mask.voxel_volume_ml
+        row: dict[str, Any] = {"id": new_id, "voxels": int(counts[lab]), "volume_ml": vol_ml,
+                               "suv_max": None, "suv_mean": None, "suv_peak": None, "tlg": None,
+                               "centroid_x_mm": float(centroid[0]), "centroid_y_mm": float(centroid[1]),
+                               "centroid_z_mm": float(centroid[2])}
+        if suv is not None and kernel is not None:
+            vals = np.asarray(suv.data, dtype=np.float64)[les]
+            row["suv_max"] = float(vals.max())
+            row["suv_mean"] = float(vals.mean())
+            row["suv_peak"] = peak_mean(np.asarray(suv.data), les, kernel)
+            row["tlg"] = row["suv_mean"] * vol_ml
+        rows.append(row)
+    return rows
+
+
+def lesions_csv(rows: list[dict[str, Any]]) -> str:
+    """The lesion table as CSV text (header + one line per lesion; empty SUV fields for CT only)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r[k] is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]))
+                    for k in CSV_FIELDS})
+    return buf.getvalue()

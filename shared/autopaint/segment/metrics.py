@@ -1,0 +1,67 @@
+"""Segmentation metrics from confusion counts (paper §2.7: DSC, precision, recall; supplement:
+sensitivity, specificity). Written from the confusion counts so one vectorised threshold sweep
+can reuse them; conventions for empty sets are fixed here (see :func:`from_counts`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ArrayOrInt = np.ndarray | int
+
+
+def _ratio(num: ArrayOrInt, den: ArrayOrInt, empty: float) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+
+
+def from_counts(tp: ArrayOrInt, fp: ArrayOrInt, fn: ArrayOrInt, tn: ArrayOrInt) -> dict[str, np.ndarray]:
+    """Dice, precision, recall (= sensitivity) and specificity from voxel counts (scalars or arrays).
+
+    Empty-set conventions: Dice = 1 when prediction and label are both empty; precision = 0 when
+    nothing is predicted; recall = 0 when the label is empty; specificity = 1 when there are no
+    negatives.
+    """
+    return {
+        "dice": _ratio(2 * np.asarray(tp), 2 * np.asarray(tp) + fp + fn, 1.0),
+        "precision": _ratio(tp, np.asarray(tp) + fp, 0.0),
+        "recall": _ratio(tp, np.asarray(tp) + fn, 0.0),
+        "sensitivity": _ratio(tp, np.asarray(tp) + fn, 0.0),
+        "specificity": _ratio(tn, np.asarray(tn) + fp, 1.0),
+    }
+
+
+def confusion(pred: np.ndarray, label: np.ndarray) -> tuple[int, int, int, int]:
+    """(tp, fp, fn, tn) voxel counts of two same-shape bool arrays."""
+    p = np.asarray(pred, dtype=bool)
+    g = np.asarray(label, dtype=bool)
+    tp = int(np.count_nonzero(p & g))
+    fp = int(np.count_nonzero(p & ~g))
+    fn = int(np.count_nonzero(~p & g))
+    return tp, fp, fn, int(p.size - tp - fp - fn)
+
+
+def segmentation_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Dice, precision, recall, sensitivity, specificity of a binary prediction vs a label."""
+    return {k: float(v) for k, v in from_counts(*confusion(pred, label)).items()}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two bool arrays (1.0 when both are empty)."""
+    return segmentation_metrics(a, b)["dice"]
+
+
+def slice_hit_rate(candidates: np.ndarray, label: np.ndarray, slices: np.ndarray | None = None) -> float:
+    """Share of tumour slices whose candidate mask touches the tumour.
+
+    ``candidates``, ``label``: (K, N, N) bool on the model grid (slice axis first). ``slices``:
+    optional bool (K,) restricting the slices considered. NaN when there is no tumour slice.
+    """
+    tumour = label.reshape(label.shape[0], -1).any(axis=1)
+    if slices is not None:
+        tumour &= slices
+    if not tumour.any():
+        return float("nan")
+    hit = (candidates & label).reshape(label.shape[0], -1).any(axis=1)
+    return float(hit[tumour].mean())

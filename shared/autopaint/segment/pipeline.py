@@ -1,0 +1,255 @@
+"""``run_pipeline``: the ONE entry point used by the CLI, the worker and the tests.
+
+inputs (Volumes + sha256) -> prepare (PET on the CT grid, SUV, windows, model-grid slices) -> OOI
+-> autoinpaint (exact or fast) -> residual on the reference grid -> threshold / sweep -> lesions
+-> files in ``out_dir`` (atomic) -> :class:`PipelineResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autopaint.errors import Cancelled, InvalidInput, ModelError
+from autopaint.imaging.volume import Volume
+from autopaint.segment.engine import AutoinpaintResult, autoinpaint
+from autopaint.segment.lesions import lesion_table
+from autopaint.segment.metrics import segmentation_metrics
+from autopaint.segment.outputs import (
+    sha256_file,
+)
+from autopaint.segment.thresholds import apply_threshold, resolve_threshold, sweep
+from autopaint.segment.types import CancelFn, InpainterLike, Mode, ProgressEvent, ProgressFn, SearchParams
+
+log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    """CT (HU) and/or PET (SUV, any grid), optional organ mask and label (any grid; nearest-neighbour
+    resampled onto the reference), and the sha256 of each input file by role."""
+
+    ct: Volume | None = None
+    pet: Volume | None = None
+    organ_mask: Volume | None = None
+    label: Volume | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """``preset`` thorax|headneck (CT window and automatic OOI); ``mode`` fast|exact; ``threshold``
+    None = model card default (else :data:`thresholds.FALLBACK_THRESHOLD`); ``screen_level`` None =
+    the card's ``screen_level`` (else the volume's own fallback); ``search``: engine parameters."""
+
+    preset: str = "thorax"
+    mode: Mode = "fast"
+    threshold: float | None = None
+    screen_level: float | None = None
+    search: SearchParams = field(default_factory=SearchParams)
+    write_preview: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "mode": self.mode, "threshold": self.threshold,
+                "screen_level": self.screen_level, "search": self.search.to_dict(),
+                "write_preview": self.write_preview}
+
+
+@dataclass
+class PipelineResult:
+    """Paths of the written files, the report dict, the threshold used, the lesion rows, and the
+    reference-grid arrays ``mask`` (uint8 (I, J, K)) and ``residual`` (float32 (I, J, K))."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    report: dict[str, Any]
+    threshold: float
+    lesions: list[dict[str, Any]]
+    mask: np.ndarray
+    residual: np.ndarray
+    engine: AutoinpaintResult
+
+
+def sha256_of(path: str | Path) -> str:
+    return sha256_file(Path(path))
+
+
+def load_inputs(ct_path: str | Path | None = None, pet_path: str | Path | None = None,
+                organ_mask_path: str | Path | None = None, label_path: str | Path | None = None,
+                suv: dict[str, Any] | None = None, suv_already: bool = False) -> PipelineInputs:
+    """Validate (header first, :func:`imaging.validate.validate_nifti`), read and hash the inputs.
+
+    PET: ``suv_already=True`` when the voxels are SUV; otherwise ``suv`` must hold ``weight_kg``,
+    ``injected_dose_bq``, ``delay_s`` (``half_life_s`` optional) for the Bq/ml -> SUVbw conversion
+    (``InvalidInput(code="missing_suv_info")`` when missing).
+    """
+    from autopaint.imaging.io import read_volume
+    from autopaint.imaging.suv import pet_to_suv
+    from autopaint.imaging.validate import validate_nifti
+
+    if ct_path is None and pet_path is None:
+        raise InvalidInput("need a CT or a PET", code="missing_input")
+    vols: dict[str, Volume | None] = {}
+    hashes: dict[str, str] = {}
+    for role, path, vrole in (("ct", ct_path, "ct"), ("pet", pet_path, "pet"),
+                              ("organ_mask", organ_mask_path, "mask"), ("label", label_path, "mask")):
+        if path is None:
+            vols[role] = None
+            continue
+        if not Path(path).is_file():
+            raise InvalidInput(f"{role} file not found", code="file_not_found")
+        validate_nifti(path, role=vrole)
+        hashes[role] = sha256_of(path)
+        vols[role] = read_volume(path)
+    pet = vols["pet"]
+    if pet is not None:
+        pet = pet_to_suv(pet, tags=suv, already_suv=suv_already)
+    return PipelineInputs(ct=vols["ct"], pet=pet, organ_mask=vols["organ_mask"], label=vols["label"],
+                          sha256=hashes)
+
+
+def _check(should_cancel: CancelFn | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("job cancelled")
+
+
+def _preprocess_params(inpainter: InpainterLike, preset: str) -> Any:
+    from autopaint.imaging.preprocess import PreprocessParams, params_for
+
+    if inpainter.preprocessing:
+        pp = PreprocessParams.from_dict(inpainter.preprocessing)
+        if pp.preset != preset:
+            log.warning("model was trained with preset %s, running %s", pp.preset, preset)
+        return pp
+    return params_for(preset, inpainter.modality, inpainter.size)
+
+
+def _check_modality(inputs: PipelineInputs, modality: str) -> None:
+    need = {"ct": ("ct",), "pet": ("pet",), "petct": ("ct", "pet")}.get(modality)
+    if need is None:
+        raise ModelError(f"model has unknown modality {modality!r}", code="modality_mismatch")
+    missing = [m for m in need if getattr(inputs, m) is None]
+    if missing:
+        raise ModelError(f"model modality {modality!r} needs {' and '.join(m.upper() for m in need)};"
+                         f" missing {', '.join(m.upper() for m in missing)}", code="modality_mismatch")
+
+
+def _on_reference(vol: Volume, reference: Volume) -> np.ndarray:
+    """A mask/label volume as bool (I, J, K) on the reference grid (nearest neighbour)."""
+    from autopaint.imaging.preprocess import resample_to, same_grid
+
+    if same_grid(vol, reference):
+        return np.asarray(vol.data) > 0
+    return resample_to(vol.with_data(np.asarray(vol.data, np.float32)), reference, order=0).data > 0.5
+
+
+def organ_of_interest(inputs: PipelineInputs, reference: Volume, preset: str) -> np.ndarray:
+    """Bool (I, J, K) OOI on the reference grid: the user's mask, else ``organs.ooi_mask``."""
+    if inputs.organ_mask is not None:
+        ooi = _on_reference(inputs.organ_mask, reference)
+    elif inputs.ct is not None:
+        from autopaint.imaging.organs import ooi_mask
+
+        ooi = np.asarray(ooi_mask(inputs.ct, preset), dtype=bool)
+    else:
+        raise InvalidInput("PET-only input needs an organ mask (--organ-mask)", code="missing_organ_mask")
+    if not ooi.any():
+        raise InvalidInput("the organ-of-interest mask is empty", code="empty_organ_mask")
+    return ooi
+
+
+def _screen_level(params: PipelineParams, inpainter: InpainterLike) -> float | None:
+    """Explicit level, else the card's when it was calibrated with the same search geometry."""
+    if params.screen_level is not None:
+        return params.screen_level
+    card = inpainter.card or {}
+    level = card.get("screen_level")
+    if level is None:
+        return None
+    cal = (card.get("screen_calibration") or {}).get("search") or {}
+    keys = ("radius_px", "stride_px", "group_period", "score")
+    mine = params.search.to_dict()
+    if cal and any(cal.get(k) != mine[k] for k in keys):
+        log.warning("card screen_level was calibrated with other search parameters; using fallback")
+        return None
+    return float(level)
+
+
+def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: InpainterLike,
+                 out_dir: str | Path, progress: ProgressFn | None = None,
+                 should_cancel: CancelFn | None = None) -> PipelineResult:
+    """Segment one case and write the result files (see :mod:`autopaint.segment.outputs`)."""
+    from autopaint.imaging.preprocess import prepare_case
+    from autopaint.segment.results import write_results
+
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    _check_modality(inputs, inpainter.modality)
+    pp = _preprocess_params(inpainter, params.preset)
+    if pp.size != inpainter.size or pp.modality != inpainter.modality:
+        raise ModelError(f"model preprocessing ({pp.modality}, {pp.size}px) does not match the network"
+                         f" ({inpainter.modality}, {inpainter.size}px)", code="modality_mismatch")
+    if progress:
+        progress(ProgressEvent("prepare", 0, 1, "volumes"))
+    case = prepare_case(inputs.ct, inputs.pet, pp)  # a PET given to a CT model still feeds SUV stats
+    ooi = organ_of_interest(inputs, case.reference, params.preset)
+    ooi_model = case.mask_to_model(ooi)
+    if not ooi_model.any():
+        raise InvalidInput("the organ-of-interest mask is too small for the model grid", code="empty_organ_mask")
+    timings["prepare"] = time.perf_counter() - t0
+    _check(should_cancel)
+
+    screen_level = _screen_level(params, inpainter)
+    eng = autoinpaint(case.images, ooi_model, inpainter, params.search, params.mode,
+                      screen_level=screen_level, progress=progress, should_cancel=should_cancel)
+    timings.update({f"autoinpaint_{k}": v for k, v in eng.timings.items()})
+    _check(should_cancel)
+
+    t1 = time.perf_counter()
+    residual = np.clip(case.to_reference(eng.residual, order=1), 0.0, 1.0).astype(np.float32)
+    residual[~ooi] = 0.0
+    threshold, thr_source = resolve_threshold(params.threshold, inpainter.default_threshold)
+    mask = apply_threshold(residual, threshold)
+    ref = case.reference
+    suv = case.pet_on_ref
+    lesions = lesion_table(ref.with_data(mask), suv)
+    metrics: dict[str, Any] | None = None
+    if inputs.label is not None:
+        lab = _on_reference(inputs.label, ref)
+        metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab)}
+    timings["threshold_lesions"] = time.perf_counter() - t1
+    _check(should_cancel)
+
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "inputs": {"sha256": dict(inputs.sha256), "reference_shape": list(ref.shape),
+                   "reference_affine": ref.affine.tolist()},
+        "model": {"sha256": inpainter.sha256, "modality": inpainter.modality, "size": inpainter.size,
+                  "name": (inpainter.card or {}).get("name"), "flops_per_image": int(inpainter.flops_per_image)},
+        "params": params.to_dict(), "preprocessing": pp.to_dict(),
+        "threshold": {"value": threshold, "source": thr_source},
+        "screen": {"level": eng.screen_level, "source": eng.level_source},
+        "forward_passes": {"total": eng.counters.total, **eng.counters.images},
+        "flops": eng.flops, "geometry": eng.extra["geometry"],
+        "ooi": {"slices": int(ooi_model.any(axis=(1, 2)).sum()), "voxels": int(ooi.sum())},
+        "slices": eng.slices, "lesions": lesions, "metrics": metrics,
+    }
+    files, report = write_results(out, case, eng, residual, mask, lesions, report, timings,
+                                  params.write_preview)
+    log.info("segmented: %d lesions, %d forward passes, threshold %.3f", len(lesions),
+             eng.counters.total, threshold)
+    return PipelineResult(out_dir=out, files=files, report=report, threshold=threshold,
+                          lesions=lesions, mask=mask, residual=residual, engine=eng)
+
+
+def with_search(params: PipelineParams, **changes: Any) -> PipelineParams:
+    """Copy of ``params`` with some :class:`SearchParams` fields changed."""
+    return replace(params, search=replace(params.search, **changes))

@@ -1,0 +1,67 @@
+"""preview.png: the axial slices with the most residual (CT, PET, inpainted, residual side by side,
+final mask outlined) and a PET (or CT) maximum-intensity projection with the mask's projection.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot global state: safe in workers).
+Arrays are reference-grid (I, J, K); a slice ``data[:, :, k]`` is drawn transposed (rows = j).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def top_slices(residual: np.ndarray, n: int = 3) -> list[int]:
+    """Indices k of the ``n`` axial slices with the largest summed residual (ties: lower k),
+    skipping slices without residual; the middle slice when there is none."""
+    sums = residual.reshape(-1, residual.shape[2]).sum(axis=0)
+    order = [int(k) for k in np.argsort(-sums, kind="stable") if sums[k] > 0][:n]
+    return sorted(order) if order else [residual.shape[2] // 2]
+
+
+def render_preview(ct: np.ndarray | None, pet: np.ndarray | None, inpainted: np.ndarray,
+                   residual: np.ndarray, mask: np.ndarray, ct_window: tuple[float, float] = (-1000, 500),
+                   suv_window: tuple[float, float] = (0.0, 12.0), n_slices: int = 3) -> bytes:
+    """PNG bytes. ``ct`` (HU), ``pet`` (SUV), ``inpainted`` (the inpainted PET when present, else CT),
+    ``residual`` ([0, 1]) and ``mask`` (bool): all (I, J, K) on the reference grid."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ks = top_slices(residual, n_slices)
+    panels: list[tuple[str, np.ndarray | None, str, tuple[float, float]]] = [
+        ("CT", ct, "gray", ct_window), ("PET (SUV)", pet, "gray_r", suv_window),
+        ("inpainted", inpainted, "gray_r" if pet is not None else "gray",
+         suv_window if pet is not None else ct_window),
+        ("residual", residual, "magma", (0.0, max(float(residual.max()), 1e-6))),
+    ]
+    panels = [p for p in panels if p[1] is not None]
+    cols = len(panels) + 1
+    fig = Figure(figsize=(2.6 * cols, 2.6 * len(ks)), dpi=80)
+    FigureCanvasAgg(fig)
+    mip_src = pet if pet is not None else ct
+    assert mip_src is not None
+    for row, k in enumerate(ks):
+        for col, (name, arr, cmap, win) in enumerate(panels):
+            ax = fig.add_subplot(len(ks), cols, row * cols + col + 1)
+            assert arr is not None
+            ax.imshow(arr[:, :, k].T, cmap=cmap, vmin=win[0], vmax=win[1], origin="lower",
+                      interpolation="nearest")
+            if mask[:, :, k].any():
+                ax.contour(mask[:, :, k].T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_title(f"{name} k={k}", fontsize=7)
+            ax.axis("off")
+    ax = fig.add_subplot(1, cols, cols)
+    mip = mip_src.max(axis=1)                                     # (I, K): coronal MIP
+    win = suv_window if pet is not None else ct_window
+    ax.imshow(mip.T, cmap="gray_r" if pet is not None else "gray", vmin=win[0], vmax=win[1],
+              origin="lower", aspect="auto", interpolation="nearest")
+    mm = mask.any(axis=1)
+    if mm.any():
+        ax.contour(mm.T.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+    ax.set_title("MIP + mask", fontsize=7)
+    ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()

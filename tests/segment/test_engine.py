@@ -1,0 +1,86 @@
+"""Per-volume driver: exact vs fast mode on a stub volume, counters, cancellation, progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from autopaint.errors import Cancelled
+from autopaint.segment.engine import autoinpaint
+from autopaint.segment.fast import calibrate_screen, fallback_level
+from autopaint.segment.metrics import dice, slice_hit_rate
+from autopaint.segment.types import ProgressEvent
+
+
+def test_exact_mode_finds_the_tumour(stub, volume) -> None:
+    images, ooi, label = volume
+    res = autoinpaint(images, ooi, stub, mode="exact")
+    # every OOI slice searched, one circle per pass + all six... (here 1 + 2 ladder rungs at N=128)
+    assert res.counters.images["ladder"] == 3 * int(ooi.any(axis=(1, 2)).sum())
+    assert slice_hit_rate(res.unions, label) == 1.0
+    kept = [s["k"] for s in res.slices if s.get("kept")]
+    assert kept == [4, 5, 6, 7]                       # slice 8's tumour is below the size filter
+    assert np.all(res.residual[~ooi] == 0)
+    pred = res.residual > 0.1
+    assert dice(pred[4:8], label[4:8]) == 1.0
+    assert not pred[8].any() and not pred[:4].any()
+    np.testing.assert_array_equal(res.autoinpainted[0], images[0])
+    assert res.flops == res.counters.total * stub.flops_per_image
+
+
+def test_fast_matches_exact_with_fewer_passes(stub, volume) -> None:
+    images, ooi, label = volume
+    exact = autoinpaint(images, ooi, stub, mode="exact")
+    stub.images_inpainted = 0
+    fast = autoinpaint(images, ooi, stub, mode="fast")
+    assert fast.level_source == "volume_fallback"
+    # the robust fallback (median + 6 MAD over 10 OOI slices, half of them tumour) flags the 4
+    # slices with a large tumour; slice 8's 1-px tumour is below it (exact drops it as too small)
+    assert [s["k"] for s in fast.slices if s["flagged"] and not s.get("grown")] == [4, 5, 6, 7]
+    # neighbour growth searches the OOI slices next to kept ones (3 and 8), and stops there
+    assert [s["k"] for s in fast.slices if s.get("grown")] == [3, 8]
+    np.testing.assert_array_equal(fast.residual, exact.residual)
+    assert slice_hit_rate(fast.unions, label) == 1.0
+    assert fast.counters.total == stub.images_inpainted
+    assert exact.counters.total >= 5 * fast.counters.total
+    # each source can be switched off and the answer stays the same
+    for sources in ({"screen", "early_stop"}, {"grouped", "batch"}):
+        r = autoinpaint(images, ooi, stub, mode="fast", sources=frozenset(sources))
+        np.testing.assert_array_equal(r.residual, exact.residual)
+
+
+def test_calibrated_level_is_used(stub, volume) -> None:
+    images, ooi, _ = volume
+    healthy = [1, 2, 3, 9, 10]
+    cal = calibrate_screen(stub, images[healthy], ooi[healthy])
+    assert cal["screen_level"] == 0.0 and cal["n_slices"] == 5
+    res = autoinpaint(images, ooi, stub, mode="fast", screen_level=cal["screen_level"])
+    assert res.level_source == "calibrated"
+    assert [s["k"] for s in res.slices if s["flagged"] and not s.get("grown")] == [4, 5, 6, 7, 8]
+    res = autoinpaint(images, ooi, stub, mode="fast", screen_level=1e9)
+    assert not any(s["flagged"] for s in res.slices) and not res.residual.any()
+
+
+def test_fallback_level_is_robust() -> None:
+    scores = np.array([1.0, 1.1, 0.9, 1.0, 50.0])
+    lvl = fallback_level(scores, 6.0)
+    assert 1.1 < lvl < 50.0
+    assert fallback_level(np.zeros(0), 6.0) == float("inf")
+
+
+def test_progress_and_cancel(stub, volume) -> None:
+    images, ooi, _ = volume
+    events: list[ProgressEvent] = []
+    autoinpaint(images, ooi, stub, mode="fast", progress=events.append)
+    stages = {e.stage for e in events}
+    assert stages == {"screen", "search", "ladder"}
+    last = {e.stage: e for e in events}
+    assert all(e.done == e.total for e in last.values())
+    assert last["search"].unit == "circles" and last["screen"].unit == "slices"
+    with pytest.raises(Cancelled):
+        autoinpaint(images, ooi, stub, mode="fast", should_cancel=lambda: True)
+
+
+def test_bad_sources_rejected(stub, volume) -> None:
+    images, ooi, _ = volume
+    with pytest.raises(ValueError):
+        autoinpaint(images, ooi, stub, sources=frozenset({"magic"}))
