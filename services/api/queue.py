@@ -28,8 +28,9 @@ class Publisher(Protocol):
 
 
 def producer_app(settings: Settings) -> Celery:
-    transport: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    transport: dict[str, object] = {}  # sqla+sqlite: options go to create_engine (no visibility_timeout)
     if settings.broker_url.startswith(("redis://", "rediss://")):
+        transport["visibility_timeout"] = settings.visibility_timeout_s
         if settings.broker_key_prefix:
             transport["global_keyprefix"] = settings.broker_key_prefix
         transport["socket_connect_timeout"] = settings.publish_timeout_s

@@ -163,17 +163,19 @@ def embedded_settings(sqlite_settings: Settings) -> Settings:
     )
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.services)])
-def worker_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    """A :class:`tests.services.workerkit.Kit` on the embedded path (SQLite + sqla broker) and on
-    PostgreSQL + Redis; a unique queue per test, a 2 s DB lease; worker processes killed after."""
-    from tests.services.workerkit import Kit, unique_queue
+@pytest.fixture(scope="module", params=["embedded", pytest.param("redis", marks=pytest.mark.services)])
+def worker_kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A :class:`tests.services.workerkit.Kit` with two running worker processes (TEST-ONLY
+    ``auto`` fake pipeline), on the embedded path (SQLite + sqla broker) and on PostgreSQL + Redis;
+    a unique queue, a 2 s DB lease, progress on every circle; workers killed at module end."""
+    from tests.services.workerkit import Kit, make_settings
 
-    base = request.getfixturevalue("embedded_settings" if request.param == "embedded" else "services_settings")
-    settings = base.model_copy(update={"queue": unique_queue(), "lease_s": 2, "max_attempts": 3,
-                                       "progress_every_circles": 1})
-    kit = Kit(settings, tmp_path)
+    tmp = tmp_path_factory.mktemp(f"workers-{request.param}")
+    settings = make_settings(request.param, tmp, request)
+    kit = Kit(settings, tmp)
     try:
+        kit.start_worker()
+        kit.start_worker()
         yield kit
     finally:
         kit.close()

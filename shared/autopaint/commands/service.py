@@ -1,10 +1,185 @@
-"""CLI commands for the service area (filled in by the area's owner)."""
+"""Service commands: ``autopaint serve``, ``worker``, ``submit``, ``cohort submit``, ``demo``.
+
+Heavy imports (uvicorn, celery, the API, the client) happen inside the commands, so ``--help``
+stays fast; the API process never imports torch (the worker imports it when its first job runs).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+cohort_app = typer.Typer(name="cohort", help="Submit and follow whole cohorts of cases.",
+                         no_args_is_help=True)
+
+_URL = typer.Option(None, "--url", envvar="AUTOPAINT_URL", help="API base URL (default http://127.0.0.1:8000)")
+_KEY = typer.Option(None, "--api-key", envvar="AUTOPAINT_API_KEY", help="API key")
+
+
+def _settings(state_dir: Path | None = None) -> Any:
+    if state_dir is not None:
+        os.environ["AUTOPAINT_STATE_DIR"] = str(state_dir)
+    from autopaint.settings import Settings
+
+    return Settings()
+
+
+def _params(params_json: str | None, **fields: Any) -> dict[str, Any]:
+    params = json.loads(params_json) if params_json else {}
+    params.update({k: v for k, v in fields.items() if v is not None})
+    return params
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8000, help="TCP port"),
+    workers: int = typer.Option(1, min=0, help="Celery worker processes to start (embedded)"),
+    state_dir: Path | None = typer.Option(None, help="Database, broker and storage folder "
+                                          "(default ~/.autopaint, env AUTOPAINT_STATE_DIR)"),
+    api_only: bool = typer.Option(False, "--api-only", help="Serve the API only (production)"),
+    no_migrate: bool = typer.Option(False, "--no-migrate", help="Skip the database migration"),
+) -> None:
+    """Run the service: the API (uvicorn) plus real Celery worker processes.
+
+    With no AUTOPAINT_DATABASE_URL / AUTOPAINT_BROKER_URL this is the embedded default: SQLite
+    database, the kombu sqla+sqlite broker and local storage under the state folder.
+    """
+    from autopaint.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare, recover_jobs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings = _settings(state_dir)
+    if not api_only:
+        settings.queue = embedded_queue(settings)
+    prepare(settings, migrate=not no_migrate)
+    if not api_only and settings.broker_url.startswith("sqla+"):
+        recover_jobs(settings)
+    service = EmbeddedService(settings, host=host, port=port, workers=0 if api_only else workers,
+                              api_only=api_only, log_dir=settings.state_dir / "logs")
+    print(f"autopaint API on {service.url}  (docs: {service.url}/docs)")
+    if not api_only:
+        key = ensure_api_key(settings)
+        print(f"API key: {key}")
+        print(f"workers: {workers} on queue '{settings.queue}', logs in {settings.state_dir / 'logs'}")
+    sys.stdout.flush()
+    service.run_forever()
+
+
+def worker(
+    queues: str | None = typer.Option(None, help="Comma-separated queues (default: gpu with CUDA, else cpu)"),
+    concurrency: int = typer.Option(1, min=1, help="Worker children (one per GPU)"),
+    pool: str = typer.Option("prefork", help="Celery pool"),
+    name: str | None = typer.Option(None, help="Worker node name"),
+    loglevel: str = typer.Option("INFO", help="Log level"),
+) -> None:
+    """Run a Celery worker that executes segmentation jobs (settings from AUTOPAINT_* env)."""
+    import socket
+
+    from autopaint.settings import Settings
+    from services.worker.app import create_celery_app
+    from services.worker.config import worker_queues
+
+    settings = Settings()
+    app = create_celery_app(settings)
+    qs = worker_queues(settings, queues)
+    argv = ["worker", "-P", pool, "-c", str(concurrency), "-Q", ",".join(qs),
+            "--loglevel", loglevel, "-n", f"{name or 'autopaint'}@{socket.gethostname()}",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv)
+
+
+def submit(
+    ct: Path | None = typer.Option(None, exists=True, dir_okay=False, help="CT NIfTI (HU)"),
+    pet: Path | None = typer.Option(None, exists=True, dir_okay=False, help="PET NIfTI (SUV)"),
+    organ_mask: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Organ mask NIfTI"),
+    label: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Reference label (metrics)"),
+    preset: str | None = typer.Option(None, help="thorax | headneck"),
+    mode: str | None = typer.Option(None, help="fast | exact"),
+    threshold: float | None = typer.Option(None, help="Residual threshold in [0, 1]"),
+    model: str | None = typer.Option(None, help="Model name"),
+    params: str | None = typer.Option(None, help="Extra job parameters as JSON"),
+    wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends"),
+    out: Path | None = typer.Option(None, help="Download the results here (implies --wait)"),
+    url: str | None = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Submit one PET/CT case to the service; optionally wait and download the results."""
+    from autopaint.client import Client, lesion_lines
+    from autopaint.client_cohort import rich_job_progress
+
+    client = Client(url or "http://127.0.0.1:8000", api_key)
+    job = client.submit(ct=ct, pet=pet, organ_mask=organ_mask, label=label,
+                        params=_params(params, preset=preset, mode=mode, threshold=threshold,
+                                       model=model))
+    print(f"job {job['id']} {job['state']}")
+    if not (wait or out):
+        return
+    with rich_job_progress() as on_progress:
+        job = client.wait(job["id"], on_progress=on_progress)
+    print(f"job {job['id']} {job['state']}"
+          + (f" [{job.get('error_code')}]: {job.get('error_message')}" if job["state"] == "failed" else ""))
+    if out is not None and job["state"] == "succeeded":
+        files = client.download(job["id"], out)
+        print(f"{len(files)} files in {out}")
+        for line in lesion_lines(out):
+            print(line)
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@cohort_app.command("submit")
+def cohort_submit(
+    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="Cohort folder: one "
+                                     "sub-folder per case with ct/pet[/label/organ_mask].nii.gz"),
+    concurrency: int = typer.Option(4, min=1, help="Jobs in flight at once"),
+    out: Path | None = typer.Option(None, help="Output folder (default DIRECTORY/results)"),
+    preset: str | None = typer.Option(None, help="thorax | headneck"),
+    mode: str | None = typer.Option(None, help="fast | exact"),
+    params: str | None = typer.Option(None, help="Extra job parameters as JSON"),
+    download: bool = typer.Option(True, help="Download each case's results"),
+    url: str | None = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Submit every case of a cohort, follow them with a progress table and write summary.csv.
+
+    Resumable: the state file ``OUT/cohort_state.json`` records each case's job; a restarted
+    command skips finished cases and follows the ones still running instead of resubmitting.
+    """
+    from autopaint.client import Client
+    from autopaint.client_cohort import run_cohort
+
+    client = Client(url or "http://127.0.0.1:8000", api_key)
+    summary = run_cohort(client, directory, out or directory / "results", concurrency=concurrency,
+                         params=_params(params, preset=preset, mode=mode), download=download,
+                         show_progress=True)
+    print(f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} already done; "
+          f"summary: {summary.csv_path}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def demo(
+    state_dir: Path = typer.Option(Path("runs/demo"), help="Where the demo keeps its state and results"),
+    port: int = typer.Option(8765, help="TCP port of the demo service"),
+    seed: int = typer.Option(0, help="Phantom seed"),
+) -> None:
+    """The README's demo: start the embedded service, submit a phantom case, follow it, download
+    the results, print the lesions and the Dice against the phantom's label, stop the service."""
+    from autopaint.demo import run_demo
+
+    raise typer.Exit(run_demo(state_dir.resolve(), port=port, seed=seed))
 
 
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the main app."""
-    del app
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.command("submit")(submit)
+    app.command("demo")(demo)
+    app.add_typer(cohort_app)

@@ -1,0 +1,232 @@
+"""The job runner behind the ``autopaint.run_job`` task: ids in, rows and files out.
+
+``execute_job`` leases the job row, fetches the inputs from storage, calls the pipeline (a thin
+adapter over ``autopaint.segment.pipeline.run_pipeline``, see ``pipeline_adapter``) with progress
+and cancel hooks wired to the database, stores the results (atomic, sha256) and finishes the row.
+It returns an :class:`Outcome` telling the Celery task whether to publish the job again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autopaint.contracts import RESULT_NAMES, JobParams, JobState, Stage
+from autopaint.db import Job
+from autopaint.db import jobs as repo
+from autopaint.errors import Cancelled, InvalidInput, ModelError
+from autopaint.storage.base import result_key
+from celery.exceptions import SoftTimeLimitExceeded
+
+from services.worker.context import WorkerContext
+from services.worker.pipeline_adapter import JobSpec, ProgressEventLike, resolve_runner
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {".gz": "application/gzip", ".csv": "text/csv", ".json": "application/json",
+                 ".png": "image/png"}
+
+
+#: pipeline progress stages -> the job's public stages (``autopaint.contracts.Stage``)
+STAGE_OF = {"prepare": "preprocessing", "screen": "searching", "search": "searching",
+            "ladder": "refining"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened: ``status`` in {succeeded, failed, cancelled, skipped, requeued, wait_lease,
+    lease_lost}; ``retry_in_s`` set when the task must publish the job again after that delay."""
+
+    status: str
+    retry_in_s: float | None = None
+
+
+class ProgressWriter:
+    """Progress callback: writes to the DB on every stage change and every ``every`` circles
+    (other units at most every 0.25 s), plus the last step of each stage."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, every: int) -> None:
+        self.ctx, self.job_id, self.every = ctx, job_id, max(1, every)
+        self._stage: str | None = None
+        self._unit: str | None = None
+        self._last_done = -1
+        self._last_t = 0.0
+        self.writes = 0
+
+    def __call__(self, ev: ProgressEventLike) -> None:
+        stage = STAGE_OF.get(ev.stage, ev.stage)
+        if stage not in Stage.__members__:
+            stage = self._stage or Stage.loading.value
+        now = time.monotonic()
+        new_stage = stage != self._stage or ev.unit != self._unit
+        if ev.unit == "circles":
+            due = ev.done - self._last_done >= self.every
+        else:
+            due = now - self._last_t >= 0.25
+        if not (new_stage or due or ev.done >= ev.total):
+            return
+        circles = (ev.done, ev.total) if ev.unit == "circles" else (None, None)
+        with self.ctx.session() as s:
+            repo.set_progress(s, self.job_id, stage, ev.done, ev.total, ev.unit,
+                              circles_done=circles[0], circles_total=circles[1])
+        self._stage, self._unit, self._last_done, self._last_t = stage, ev.unit, ev.done, now
+        self.writes += 1
+
+
+class Heartbeat:
+    """Renews the DB lease every ``lease_s / 3`` seconds from a daemon thread; ``lost`` turns True
+    when another worker took the job (then the pipeline is stopped at its next cancel check)."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, worker: str, lease_s: float) -> None:
+        self.ctx, self.job_id, self.worker, self.lease_s = ctx, job_id, worker, lease_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.2, self.lease_s / 3.0)):
+            try:
+                with self.ctx.session() as s:
+                    if not repo.heartbeat(s, self.job_id, self.worker, self.lease_s):
+                        self.lost = True
+                        return
+            except Exception:  # a DB hiccup: keep trying until the lease runs out
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _fetch_inputs(ctx: WorkerContext, job: Job, tmp: Path) -> dict[str, Path]:
+    """Local paths of the job's inputs (the storage path itself when it is on this disk)."""
+    paths: dict[str, Path] = {}
+    for role, info in (job.inputs or {}).items():
+        key = info["key"]
+        local = ctx.storage.path(key)
+        if local is None:
+            local = tmp / "inputs" / f"{role}.nii.gz"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with local.open("wb") as fh:
+                for chunk in ctx.storage.iter_chunks(key):
+                    fh.write(chunk)
+        paths[role] = local
+    return paths
+
+
+def _store_results(ctx: WorkerContext, job_id: str, out_dir: Path) -> list[dict[str, Any]]:
+    artifacts = []
+    for name in RESULT_NAMES:
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        key = result_key(job_id, name)
+        sha, size = ctx.storage.put_file(key, path)
+        artifacts.append({"name": name, "storage_key": key, "sha256": sha, "bytes": size,
+                          "content_type": CONTENT_TYPES.get(path.suffix, "application/octet-stream")})
+    return artifacts
+
+
+def _not_leased(ctx: WorkerContext, job_id: str) -> Outcome:
+    """Why the lease failed: terminal/cancelled (drop the message) or a live lease held by
+    another process (publish again once it can have expired: the holder may have died)."""
+    with ctx.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or JobState(job.state).terminal:
+            return Outcome("skipped")
+        remaining = repo.lease_remaining_s(s, job_id)
+    if remaining is not None:
+        return Outcome("wait_lease", retry_in_s=max(0.5, remaining + 0.5))
+    return Outcome("skipped")
+
+
+def execute_job(ctx: WorkerContext, job_id: str, worker: str) -> Outcome:
+    """Run one job end to end (see the module docstring); never raises for job errors."""
+    settings = ctx.settings
+    with ctx.session() as s:
+        job = repo.lease_job(s, job_id, worker, settings.lease_s)
+        if job is None:
+            return _not_leased(ctx, job_id)
+        params = JobParams.model_validate(job.params or {})
+        attempt = job.attempts
+    log.info("job %s attempt %d on %s", job_id, attempt, worker)
+    tmp = Path(tempfile.mkdtemp(prefix=f"autopaint-{job_id}-"))
+    try:
+        with Heartbeat(ctx, job_id, worker, settings.lease_s) as hb:
+            return _run_leased(ctx, job, params, worker, tmp, hb)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tmp: Path,
+                hb: Heartbeat) -> Outcome:
+    settings, job_id = ctx.settings, job.id
+
+    def should_cancel() -> bool:
+        if hb.lost:
+            return True
+        with ctx.session() as s:
+            return repo.cancel_requested(s, job_id)
+
+    progress = ProgressWriter(ctx, job_id, settings.progress_every_circles)
+    try:
+        spec = JobSpec(job_id=job_id, input_paths=_fetch_inputs(ctx, job, tmp), params=params,
+                       model=params.model or settings.default_model, device=settings.device,
+                       models_dir=settings.resolved_models_dir(),
+                       input_sha256={r: i.get("sha256", "") for r, i in (job.inputs or {}).items()})
+        out_dir = tmp / "results"
+        out_dir.mkdir()
+        manifest = resolve_runner()(spec, out_dir, progress, should_cancel)
+        if should_cancel():
+            raise Cancelled("cancel requested before the results were stored")
+        progress(_Event(Stage.writing.value, 0, 1, "files"))
+        artifacts = _store_results(ctx, job_id, out_dir)
+        manifest = {**manifest, "inputs": spec.input_sha256, "attempt": job.attempts,
+                    "results": {a["name"]: a["sha256"] for a in artifacts}}
+        with ctx.session() as s:
+            if not repo.finish_job(s, job_id, manifest, artifacts, worker_id=worker):
+                log.warning("job %s: lease lost before finishing; results left to the holder", job_id)
+                return Outcome("lease_lost")
+        return Outcome("succeeded")
+    except Cancelled:
+        if hb.lost:
+            return Outcome("lease_lost")
+        with ctx.session() as s:
+            repo.mark_cancelled(s, job_id)
+        log.info("job %s cancelled", job_id)
+        return Outcome("cancelled")
+    except SoftTimeLimitExceeded:
+        with ctx.session() as s:
+            repo.fail_job(s, job_id, "time_limit",
+                          f"the job ran longer than the soft time limit ({settings.soft_time_limit_s} s)")
+        return Outcome("failed")
+    except (InvalidInput, ModelError) as exc:  # the input's or the request's fault: no retry
+        with ctx.session() as s:
+            repo.fail_job(s, job_id, exc.code, str(exc))
+        return Outcome("failed")
+    except Exception as exc:  # anything else may be transient: retry up to max_attempts
+        log.exception("job %s attempt %d crashed", job_id, job.attempts)
+        code = getattr(exc, "code", None) or "worker_error"
+        with ctx.session() as s:
+            state = repo.requeue_or_fail(s, job_id, str(code), f"{type(exc).__name__}: {exc}")
+        if state == JobState.QUEUED:
+            return Outcome("requeued", retry_in_s=min(30.0, 0.5 * 2 ** job.attempts))
+        return Outcome(state.value)
+
+
+@dataclass(frozen=True)
+class _Event:
+    stage: str
+    done: int
+    total: int
+    unit: str
