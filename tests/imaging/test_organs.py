@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+
 from autopaint.errors import InvalidInput
 from autopaint.imaging.organs import (
+    _coarse_factor,
+    _lung_field,
     body_mask,
     headneck_mask,
     lung_mask,
@@ -13,10 +17,20 @@ from autopaint.imaging.organs import (
     mask_volume_ml,
     ooi_mask,
 )
+from autopaint.imaging.organs_morph import (
+    _ball_reach,
+    _depth,
+    _distance_to,
+    dilate_disk,
+    fill_holes_slices,
+    slice_component_stats,
+)
 from autopaint.imaging.volume import Volume
 
 SP = (3.0, 3.0, 5.0)  # mm
 SHAPE = (110, 80, 36)
+SP_FINE = (1.0, 1.0, 5.0)   # scanner-like pixels: the lung closing runs on 2 x 2 blocks
+SHAPE_FINE = (320, 220, 36)
 
 
 def _world(shape, affine):
@@ -31,14 +45,15 @@ def _lps_affine(shape, sp):
     return a
 
 
-def _chest(tumours: list[tuple[tuple[float, float, float], float]]) -> tuple[Volume, np.ndarray]:
+def _chest(tumours: list[tuple[tuple[float, float, float], float]], shape=SHAPE,
+           sp=SP) -> tuple[Volume, np.ndarray]:
     """Body ellipse (soft tissue 40 HU) with two lung ellipsoids (-850 HU), spine (700 HU), a
     trachea above the carina, and soft-tissue spheres ((centre mm), radius mm). Returns CT and the
     union of the tumours (bool, CT grid)."""
-    aff = _lps_affine(SHAPE, SP)
-    w = _world(SHAPE, aff)
+    aff = _lps_affine(shape, sp)
+    w = _world(shape, aff)
     x, y, z = w[..., 0], w[..., 1], w[..., 2]
-    hu = np.full(SHAPE, -1000.0, np.float32)
+    hu = np.full(shape, -1000.0, np.float32)
     hu[(x / 150) ** 2 + (y / 100) ** 2 <= 1] = 40.0
     for side in (-1, 1):
         lung = ((x - side * 70) / 50) ** 2 + (y / 70) ** 2 + (z / 80) ** 2 <= 1
@@ -46,7 +61,7 @@ def _chest(tumours: list[tuple[tuple[float, float, float], float]]) -> tuple[Vol
     hu[(x ** 2 + (y - 3) ** 2 <= 8 ** 2) & (z > 40)] = -1000.0      # trachea (RAS y: +anterior)
     hu[x ** 2 + (y + 80) ** 2 <= 15 ** 2] = 700.0                   # spine (posterior)
     hu[x ** 2 + (y - 50) ** 2 + (z + 70) ** 2 <= 20 ** 2] = -1000.0  # gas bubble (stomach)
-    tum = np.zeros(SHAPE, bool)
+    tum = np.zeros(shape, bool)
     for c, r in tumours:
         tum |= (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= r ** 2
     hu[tum] = 40.0
@@ -86,6 +101,89 @@ def test_lung_mask_closing_is_what_keeps_the_tumours():
     assert (naive & tum).sum() == 0      # plain thresholding loses them: the closing is needed
     holes_only = lung_mask(ct, closing_mm=0.0, margin_mm=0.0)   # per-slice hole filling only
     assert (holes_only & tum).sum() / tum.sum() < 0.5
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_downsampled_closing_agrees_with_full_resolution_and_the_old_behaviour():
+    """1 mm pixels: lung_mask closes on 2 x 2 blocks. It must agree with the same closing at full
+    resolution and with the first version's per-slice disk closing at full resolution
+    (``factor=1, ball=False`` reproduces that version bit for bit on the full-size phantoms)."""
+    ct, tum = _chest(JUXTA, SHAPE_FINE, SP_FINE)
+    assert _coarse_factor(ct.spacing) == 2
+    fast = lung_mask(ct)
+    full = _lung_field(ct, 25.0, 3.0, factor=1)
+    old = _lung_field(ct, 25.0, 3.0, factor=1, ball=False)
+    assert _dice(fast, full) >= 0.98
+    assert _dice(fast, old) >= 0.97
+    assert (fast & old).sum() / old.sum() >= 0.99          # what the old mask had is kept
+    air = ct.data == -850
+    assert (fast & air).sum() / air.sum() > 0.99
+    for c, r in JUXTA:
+        _, one = _chest([(c, r)], SHAPE_FINE, SP_FINE)
+        assert (fast & one).sum() / one.sum() >= 0.95, c
+    assert not (fast & (ct.data == 700)).any()
+
+
+def test_ball_closing_keeps_a_tumour_that_fills_the_lung_edge_over_a_long_stretch():
+    """A flat tumour replacing the lung along 10 cm of chest wall but only 3 cm high: no 5 cm disk
+    bridges it within a slice (the old per-slice closing kept ~30 %); a 25 mm ball does, because the
+    lung above and below it reaches the wall."""
+    ct, _ = _chest([])
+    w = _world(SHAPE, ct.affine)
+    x, y, z = w[..., 0], w[..., 1], w[..., 2]
+    lung = ((x - 70) / 50) ** 2 + (y / 70) ** 2 + (z / 80) ** 2 <= 1
+    tum = (((x - 105) / 25) ** 2 + (y / 50) ** 2 + (z / 15) ** 2 <= 1) & lung
+    hu = ct.data.copy()
+    hu[tum] = 40.0
+    ct = Volume(hu, ct.affine)
+    assert (lung_mask(ct) & tum).sum() / tum.sum() >= 0.95
+    assert (_lung_field(ct, 25.0, 3.0, None, ball=False) & tum).sum() / tum.sum() < 0.5
+
+
+def _random_blobs(shape, seed, frac=0.5, sigma=2.0):
+    rng = np.random.default_rng(seed)
+    return ndi.gaussian_filter(rng.normal(size=shape), sigma) > np.quantile(
+        ndi.gaussian_filter(rng.normal(size=shape), sigma), 1 - frac)
+
+
+def test_per_slice_helpers_match_scipy_slice_by_slice():
+    m = _random_blobs((40, 30, 6), 1, frac=0.55)
+    m[:, :, 3] = False                                      # an empty slice
+    ref = np.stack([ndi.binary_fill_holes(m[:, :, k]) for k in range(6)], -1)
+    assert np.array_equal(fill_holes_slices(m), ref)
+    labels, area, ci, kk = slice_component_stats(m)
+    for k in range(6):
+        lab, n = ndi.label(m[:, :, k])
+        mine = sorted(np.unique(labels[:, :, k][m[:, :, k]]).tolist())
+        assert len(mine) == n
+        for lab_id in range(1, n + 1):
+            one = lab == lab_id
+            (mid,) = np.unique(labels[:, :, k][one])         # one label of ours per scipy component
+            assert area[mid] == one.sum() and kk[mid] == k
+            assert ci[mid] == pytest.approx(np.nonzero(one)[0].mean())
+    sp = np.array([0.8, 1.1, 3.0])
+    gi, gj = np.mgrid[-5:6, -5:6]
+    disk = (gi * sp[0]) ** 2 + (gj * sp[1]) ** 2 <= 3.5 ** 2
+    small = _random_blobs((40, 30, 6), 2, frac=0.05, sigma=1.0)
+    assert np.array_equal(dilate_disk(small, 3.5, sp), ndi.binary_dilation(small, disk[:, :, None]))
+
+
+def test_ball_reach_is_the_3d_euclidean_distance():
+    m = np.zeros((36, 30, 24), bool)
+    m[8:28, 6:24, 6:18] = _random_blobs((20, 18, 12), 3, frac=0.08, sigma=1.0)
+    samp = (1.5, 2.0)
+    radius, dz = 7.0, 2.5
+    mine = _ball_reach(_distance_to(m, samp, radius), radius, dz, np.inf)
+    ref = ndi.distance_transform_edt(~m, sampling=(*samp, dz)) <= radius
+    assert np.array_equal(mine, ref) and ref.sum() > 3 * m.sum()
+    # the erosion half of the closing: slices beyond the array count as background (distance 0)
+    ero = ~_ball_reach(_depth(ref, samp), radius, dz, 0.0)
+    padded = np.pad(ref, 1)                                 # background all around, as assumed
+    ref_ero = (ndi.distance_transform_edt(padded, sampling=(*samp, dz)) > radius)[1:-1, 1:-1, 1:-1]
+    assert np.array_equal(ero, ref_ero) and (ero & ~m).sum() > 0   # the closing adds voxels
 
 
 def test_lung_bases_kept_and_larger_bowel_gas_rejected():
@@ -142,6 +240,23 @@ def test_headneck_mask_finds_skull_base_and_lung_apex():
     ks = np.nonzero(m.any(axis=(0, 1)))[0]
     assert ks.min() == apex_k and ks.max() == skull_k
     assert m[:, :, 15].sum() > 0.9 * body_mask(ct)[:, :, 15].sum()
+
+
+def test_headneck_lung_apex_is_not_fooled_by_lateral_sinus_air():
+    """Maxillary-sinus-like lateral air pockets just below the skull base (> 500 mm^2 per slice, as
+    in the full-size phantoms): the first version took them for the lung apex (empty mask); lung
+    air is the lateral air connected to the bottom of the scan."""
+    ct, skull_k, apex_k = _headneck()
+    w = _world(ct.shape, ct.affine)
+    k = np.arange(ct.shape[2])[None, None, :] * np.ones(ct.shape)
+    hu = ct.data.copy()
+    for side in (-1, 1):
+        sinus = ((w[..., 0] - side * 30) ** 2 + (w[..., 1] - 25) ** 2 <= 15 ** 2) & (k >= 23) & (k < 27)
+        hu[sinus] = -1000.0
+    assert (hu[:, :, 24] < -400).sum() * 9.0 > 1000.0
+    m = headneck_mask(Volume(hu, ct.affine))
+    ks = np.nonzero(m.any(axis=(0, 1)))[0]
+    assert ks.min() == apex_k and ks.max() == skull_k
 
 
 def test_headneck_z_range_option_uses_world_mm():
