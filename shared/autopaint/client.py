@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from autopaint.errors import AutopaintError
+from autopaint.fsutil import atomic_write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -201,24 +202,20 @@ class Client:
     def _download_one(self, job_id: str, art: dict[str, Any], out: Path) -> Path:
         name = Path(art["name"]).name  # server names are plain; never let one escape out_dir
         dest = out / name
-        tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.part"
-        digest = hashlib.sha256()
-        try:
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/results/{name}") as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
-                with tmp.open("wb") as fh:
-                    for chunk in resp.iter_bytes(1 << 20):
-                        digest.update(chunk)
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+
+        def checked(chunks: Iterator[bytes]) -> Iterator[bytes]:
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+                yield chunk
             if art.get("sha256") and digest.hexdigest() != art["sha256"]:
                 raise ApiError(200, "checksum_mismatch", f"{name}: sha256 differs from the server's")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results/{name}") as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            atomic_write_chunks(dest, checked(resp.iter_bytes(1 << 20)))
         return dest
 
     # --- cohorts, models, health ----------------------------------------------------------

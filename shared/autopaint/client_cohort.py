@@ -19,7 +19,6 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autopaint.client import TERMINAL, Client, read_lesions
+from autopaint.fsutil import atomic_open, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class CohortState:
         with self._lock:
             target = self.data if name is None else self.data["cases"].setdefault(name, {})
             target.update(fields)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, json.dumps(self.data, indent=1, sort_keys=True).encode())
 
 
 def _report_fields(case_dir: Path) -> dict[str, Any]:
@@ -218,12 +216,10 @@ def run_cohort(client: Client, directory: Path, out: Path, concurrency: int = 4,
             done_rows = {r["case"]: r for r in pool.map(runner.run, todo)}
     rows = [done_rows.get(c.name) or _row_from_state(c.name, state.case(c.name), out) for c in cases]
     csv_path = out / SUMMARY_FILE
-    tmp = csv_path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     ok = sum(1 for r in rows if r["state"] == "succeeded")
     return CohortSummary(succeeded=ok - len(skipped), failed=len(rows) - ok, skipped=len(skipped),
                          csv_path=csv_path, rows=rows)

@@ -16,7 +16,6 @@ written with fixed zip timestamps so that building twice gives byte-identical fi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -30,6 +29,7 @@ import numpy as np
 
 from autopaint.data.cohorts import CaseRef, discover, load_case
 from autopaint.errors import InvalidInput
+from autopaint.fsutil import atomic_write_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,8 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, member.getvalue(), compresslevel=6)
     data = buf.getvalue()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
 
 
 def _case_slices(ref: CaseRef, params: Any, preset: str, margin: int, min_ooi: float,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autopaint.errors import InvalidInput
+from autopaint.fsutil import atomic_path
 from autopaint.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -173,41 +172,15 @@ def write_volume(vol: Volume, path: str | Path, dtype: Any = None, backend: Back
     path = Path(path)
     _check_suffix(path)
     data = _cast(np.asarray(vol.data), np.float32 if dtype is None else dtype)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    if backend not in ("sitk", "nibabel"):
+        raise ValueError(f"unknown backend {backend!r}")
+    with atomic_path(path) as tmp:
         if backend == "sitk":
             _write_sitk(data, vol.affine, tmp)
-        elif backend == "nibabel":
-            _write_nibabel(data, vol.affine, tmp)
         else:
-            raise ValueError(f"unknown backend {backend!r}")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+            _write_nibabel(data, vol.affine, tmp)
     log.debug("wrote %s %s %s", path.name, data.shape, data.dtype)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 # ------------------------------------------------------------------------------------------- DICOM

@@ -10,9 +10,7 @@ Files are written atomically (tmp + fsync + rename).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,29 +18,12 @@ import torch
 from torch import nn
 
 from autopaint.errors import ModelError
+from autopaint.fsutil import atomic_open, atomic_write_bytes, sha256_file
 from autopaint.model.networks import ModelConfig, build_network
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 CARD_FILE = "card.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -61,7 +42,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()},
     }
     p = Path(path)
-    _atomic_write(p, lambda f: torch.save(ckpt, f))
+    with atomic_open(p, "wb") as f:
+        torch.save(ckpt, f)
     return sha256_file(p)
 
 
@@ -101,7 +83,7 @@ def write_card(model_dir: str | Path, card: dict[str, Any]) -> Path:
     card["sha256"] = sha256_file(d / MODEL_FILE)
     card.setdefault("default_threshold", None)
     data = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(d / CARD_FILE, lambda f: f.write(data))
+    atomic_write_bytes(d / CARD_FILE, data)
     return d / CARD_FILE
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from autopaint.fsutil import atomic_write_chunks
 from autopaint.storage.base import UploadTooLarge, check_key
 
 log = logging.getLogger(__name__)
@@ -33,26 +31,7 @@ class LocalStorage:
     def put_stream(
         self, key: str, chunks: Iterable[bytes], max_bytes: int | None = None
     ) -> tuple[str, int]:
-        dest = self._full(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        digest, total = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in chunks:
-                    total += len(chunk)
-                    if max_bytes is not None and total > max_bytes:
-                        raise UploadTooLarge(f"more than {max_bytes} bytes")
-                    digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._fsync_dir(dest.parent)
-        return digest.hexdigest(), total
+        return atomic_write_chunks(self._full(key), chunks, max_bytes=max_bytes, too_large=UploadTooLarge)
 
     def put_file(self, key: str, path: Path) -> tuple[str, int]:
         with open(path, "rb") as fh:
@@ -85,14 +64,3 @@ class LocalStorage:
         with self.open(key) as fh:
             while chunk := fh.read(chunk_size):
                 yield chunk
-
-    @staticmethod
-    def _fsync_dir(folder: Path) -> None:
-        try:
-            dfd = os.open(folder, os.O_RDONLY)
-        except OSError:  # pragma: no cover - platforms without directory fds
-            return
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
