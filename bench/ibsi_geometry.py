@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from autopaint.imaging.io import read_dicom_series, read_volume
 from autopaint.imaging.organs import body_mask, lung_mask, mask_volume_ml
 from autopaint.imaging.preprocess import resample_to

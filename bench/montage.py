@@ -20,9 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
 from autopaint.data.phantom import generate_case  # noqa: E402
 from autopaint.imaging.preprocess import resample_to  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 WINDOWS = {"thorax": (-1000.0, 300.0), "headneck": (-160.0, 240.0)}
 # (kind, seed, healthy, which slice: "tumour" = largest label area, else a fraction of the height)

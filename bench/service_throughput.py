@@ -50,6 +50,7 @@ def _model(tmp: Path) -> tuple[Path, str, str]:
     if (models_dir() / DEFAULT_MODEL / "model.pt").is_file():
         return models_dir(), DEFAULT_MODEL, f"{DEFAULT_MODEL} (shipped)"
     import torch
+
     from autopaint.imaging.preprocess import params_for
     from autopaint.model.checkpoint import save_checkpoint, write_card
     from autopaint.model.networks import build_network, preset_config

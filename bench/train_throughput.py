@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hnct_slices  # noqa: E402
+
 from autopaint.model.flops import flops_per_image  # noqa: E402
 from autopaint.model.holes import fixed_masks  # noqa: E402
 from autopaint.model.losses import InpaintingLoss, LossWeights  # noqa: E402

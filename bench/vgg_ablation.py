@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hnct_slices  # noqa: E402
+
 from autopaint.model.train import TrainConfig, train  # noqa: E402
 
 

@@ -10,12 +10,12 @@ import logging
 import time
 from typing import Any
 
+from fastapi import FastAPI
+
 from autopaint import __version__
 from autopaint.db import make_engine, make_session_factory
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
-from fastapi import FastAPI
-
 from services.api import routes_cohorts, routes_jobs, routes_ops, routes_threshold
 from services.api.deps import AppContext
 from services.api.errors import install_error_handlers

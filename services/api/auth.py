@@ -10,9 +10,10 @@ import hashlib
 import hmac
 import secrets
 
-from autopaint.db import ApiKey, utcnow
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+
+from autopaint.db import ApiKey, utcnow
 
 TOKEN_PREFIX = "ap_"
 ANONYMOUS_OWNER = "anonymous"

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from autopaint.settings import Settings
-from autopaint.storage import Storage
 from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from autopaint.settings import Settings
+from autopaint.storage import Storage
 from services.api.auth import ANONYMOUS_OWNER, authenticate
 from services.api.errors import ApiError
 from services.api.metrics import ApiMetrics

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from autopaint.errors import AutopaintError, InvalidInput, ModelError
-from autopaint.storage import UploadTooLarge
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from autopaint.errors import AutopaintError, InvalidInput, ModelError
+from autopaint.storage import UploadTooLarge
 
 log = logging.getLogger(__name__)
 

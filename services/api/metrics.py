@@ -11,13 +11,14 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from autopaint.contracts import JobState, Stage
-from autopaint.db import Job
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+
+from autopaint.contracts import JobState, Stage
+from autopaint.db import Job
 
 log = logging.getLogger(__name__)
 

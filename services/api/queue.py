@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from celery import Celery
+
 from autopaint.contracts import TASK_RUN_JOB
 from autopaint.settings import Settings
-from celery import Celery
 
 log = logging.getLogger(__name__)
 

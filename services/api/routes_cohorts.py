@@ -10,13 +10,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from autopaint.contracts import JobState
-from autopaint.db import Artifact, Cohort, Job
-from autopaint.storage import Storage
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from autopaint.contracts import JobState
+from autopaint.db import Artifact, Cohort, Job
+from autopaint.storage import Storage
 from services.api.deps import Ctx, DbSession, Owner
 from services.api.errors import ApiError
 from services.api.schemas import CohortCase, CohortIn, CohortOut, ErrorOut

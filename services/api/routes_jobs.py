@@ -6,12 +6,6 @@ import logging
 import shutil
 from typing import Annotated, Any
 
-from autopaint.contracts import JobParams, JobState
-from autopaint.db import Artifact, Cohort, Job, new_id
-from autopaint.db import jobs as repo
-from autopaint.errors import InvalidInput
-from autopaint.model_cards import list_cards
-from autopaint.storage import UploadTooLarge, job_prefix
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -19,6 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from autopaint.contracts import JobParams, JobState
+from autopaint.db import Artifact, Cohort, Job, new_id
+from autopaint.db import jobs as repo
+from autopaint.errors import InvalidInput
+from autopaint.model_cards import list_cards
+from autopaint.storage import UploadTooLarge, job_prefix
 from services.api.deps import AppContext, Ctx, DbSession, Owner
 from services.api.errors import ApiError, not_found
 from services.api.ingest import check_head, limits_for, required_roles, sanitize_and_store, validate_files

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from autopaint.model_cards import list_cards
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from autopaint.model_cards import list_cards
 from services.api.deps import Ctx, Owner
 from services.api.schemas import ModelOut, ReadyOut
 

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from autopaint.contracts import JobState
-from autopaint.db import Artifact, Job
-from autopaint.storage import Storage, result_key
 from fastapi import APIRouter
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from autopaint.contracts import JobState
+from autopaint.db import Artifact, Job
+from autopaint.storage import Storage, result_key
 from services.api.deps import Ctx, DbSession, Owner
 from services.api.errors import ApiError, not_found
 from services.api.schemas import ArtifactOut, ErrorOut, ThresholdIn, ThresholdOut

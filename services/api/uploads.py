@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
 from autopaint.contracts import INPUT_ROLES
 from autopaint.errors import InvalidInput
 from autopaint.storage import UploadTooLarge
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 log = logging.getLogger(__name__)
 

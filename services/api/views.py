@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from statistics import median
 
-from autopaint.contracts import JobState
-from autopaint.db import Job, utcnow
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from autopaint.contracts import JobState
+from autopaint.db import Job, utcnow
 from services.api.schemas import InputOut, JobOut, ProgressOut
 
 RECENT_JOBS = 20  # succeeded jobs whose run time feeds the ETA

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from autopaint.contracts import TASK_RUN_JOB
-from autopaint.settings import Settings
 from celery import Celery, Task
 from celery.exceptions import Reject
 
+from autopaint.contracts import TASK_RUN_JOB
+from autopaint.settings import Settings
 from services.worker.config import celery_config
 from services.worker.context import WorkerContext, worker_id
 from services.worker.runner import execute_job

@@ -11,10 +11,11 @@ import socket
 import threading
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from autopaint.db import make_engine, make_session_factory
 from autopaint.settings import Settings
 from autopaint.storage import Storage, make_storage
-from sqlalchemy.orm import Session, sessionmaker
 
 
 class WorkerContext:

@@ -85,7 +85,6 @@ def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
     from autopaint.errors import ModelError
     from autopaint.segment import pipeline as pl  # torch enters the process here, in the worker
     from autopaint.segment.types import ProgressEvent
-
     from services.worker.model_cache import get_inpainter
 
     p = spec.params

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from autopaint.contracts import RESULT_NAMES, JobParams, JobState, Stage
 from autopaint.db import Job
 from autopaint.db import jobs as repo
 from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.storage.base import result_key
-from celery.exceptions import SoftTimeLimitExceeded
-
 from services.worker.context import WorkerContext
 from services.worker.pipeline_adapter import JobSpec, ProgressEventLike, resolve_runner
 

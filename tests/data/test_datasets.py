@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from autopaint.cli import app
 from autopaint.data.cohorts import CaseRef, discover, load_case
 from autopaint.data.datasets import build_dataset, healthy_slices, load_split, split_patients
 from autopaint.data.phantom import write_cohort
 from autopaint.errors import InvalidInput
 from autopaint.paths import data_dir
-from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ from functools import cache
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from autopaint.data.phantom import PhantomCase, case_seed, generate_case, write_cohort
 from autopaint.errors import InvalidInput
 from autopaint.imaging.io import read_volume
 from autopaint.imaging.preprocess import resample_to
-from scipy import ndimage
 
 
 @cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from autopaint.paths import REPO_ROOT, data_dir
 
 IBSI = data_dir() / "ibsi-sts"

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from autopaint.errors import InvalidInput
 from autopaint.imaging.io import from_sitk, read_dicom_series, read_volume, to_sitk, write_volume
 from autopaint.imaging.volume import Volume

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from autopaint.errors import InvalidInput
 from autopaint.imaging.preprocess import (
     PreprocessParams,

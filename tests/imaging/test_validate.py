@@ -13,6 +13,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+
 from autopaint.errors import InvalidInput
 from autopaint.imaging.validate import (
     ValidationLimits,
@@ -23,7 +24,6 @@ from autopaint.imaging.validate import (
     validate_pair,
 )
 from autopaint.paths import data_dir
-
 from tests.imaging.badfiles import (
     AFFINE,
     OFF_DIM,

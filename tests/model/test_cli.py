@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autopaint.cli import app
 from typer.testing import CliRunner
+
+from autopaint.cli import app
 
 
 def test_cli_train_then_models_list_and_show(make_dataset, tmp_path: Path) -> None:

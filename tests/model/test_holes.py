@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from autopaint.model.holes import HoleGenerator, fixed_masks, random_hole
 
 

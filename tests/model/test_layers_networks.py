@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from autopaint.model.layers import GatedConv2d, PartialConv2d, downsample_mask
 from autopaint.model.networks import ModelConfig, build_network, composite, preset_config
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from autopaint.errors import InvalidInput, ModelError
 from autopaint.model.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
 from autopaint.model.holes import fixed_masks

@@ -10,11 +10,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from autopaint.db import Job, make_engine, make_session_factory
-from autopaint.settings import Settings
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from autopaint.db import Job, make_engine, make_session_factory
+from autopaint.settings import Settings
 from services.api.app import create_app
 from services.api.auth import create_api_key
 from services.api.queue import BrokerUnavailable

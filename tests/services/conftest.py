@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from autopaint.settings import Settings
 
 PG_HOST = os.environ.get("AUTOPAINT_TEST_PG_HOST", "127.0.0.1")

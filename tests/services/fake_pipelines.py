@@ -17,7 +17,6 @@ from typing import Any
 
 from autopaint.errors import Cancelled
 from autopaint.segment.types import ProgressEvent
-
 from services.worker.pipeline_adapter import JobSpec
 
 STAGES = ("loading", "preprocessing", "searching", "refining", "thresholding")

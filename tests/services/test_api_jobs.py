@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from sqlalchemy import func, select
+
 from autopaint.contracts import JobState
 from autopaint.db import Job
 from autopaint.db import jobs as repo
@@ -21,8 +23,6 @@ from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
 from autopaint.settings import Settings
 from autopaint.storage import result_key
-from sqlalchemy import func, select
-
 from tests.imaging.badfiles import ROLE_FOR_CODE, build_bad_files, build_shifted_pair
 from tests.services.apikit import PHI, Api, chunked, write_pair
 

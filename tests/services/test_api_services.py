@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import select
+
 from autopaint.contracts import TASK_RUN_JOB, JobState
 from autopaint.db import Job
 from autopaint.settings import Settings
-from sqlalchemy import select
-
 from services.api.queue import CeleryPublisher
 from tests.imaging.badfiles import ROLE_FOR_CODE, build_bad_files
 from tests.services.apikit import Api, write_pair

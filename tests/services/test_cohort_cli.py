@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from autopaint.client import Client
 from autopaint.client_cohort import STATE_FILE, discover_cases
 from autopaint.db import Job, make_engine, make_session_factory
 from autopaint.embedded import EmbeddedService
-
 from tests.services.workerkit import FAKE_ENV, api_key, free_port, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]

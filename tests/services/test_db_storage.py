@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from autopaint.storage import LocalStorage, StorageError, UploadTooLarge, input_key, job_prefix, result_key
 
 

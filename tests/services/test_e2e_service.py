@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from autopaint.client import ApiError, Client
 from autopaint.embedded import EmbeddedService
-
 from tests.services.workerkit import FAKE_ENV, api_key, free_port, make_settings, write_random_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
 from autopaint.db import Base, make_engine
 from autopaint.db.migrate import downgrade, head_revision, upgrade
-from sqlalchemy import inspect
 
 TABLES = {"jobs", "cohorts", "artifacts", "api_keys", "models"}
 

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
+
 from autopaint.contracts import JobState
 from autopaint.db import Job, new_id
 from autopaint.db import jobs as repo
 from autopaint.segment.types import ProgressEvent
 from autopaint.settings import Settings
-
 from services.worker.config import ConfigError, celery_config, settings_env, worker_queues
 from services.worker.context import WorkerContext
 from services.worker.runner import ProgressWriter

@@ -14,7 +14,6 @@ import time
 
 from autopaint.contracts import JobState
 from autopaint.db import jobs as repo
-
 from tests.services.workerkit import Kit
 
 

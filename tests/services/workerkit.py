@@ -15,7 +15,6 @@ from autopaint.embedded import WorkerProcess, start_worker
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
 from autopaint.storage.base import input_key
-
 from services.worker.app import create_celery_app
 
 
@@ -160,6 +159,7 @@ def write_random_model(models_dir: Path, name: str = "tiny-random-petct") -> Pat
     """A tiny randomly initialised PET/CT gated-conv model (128 px) in the registry layout, so the
     real pipeline runs in seconds when no trained model is shipped. Returns the model folder."""
     import torch
+
     from autopaint.imaging.preprocess import params_for
     from autopaint.model.checkpoint import save_checkpoint, write_card
     from autopaint.model.networks import build_network, preset_config
