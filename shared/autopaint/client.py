@@ -264,10 +264,18 @@ def read_lesions(result_dir: PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def lesion_lines(result_dir: PathLike, limit: int = 20) -> Iterator[str]:
-    """Human-readable lines for the lesions of a downloaded result folder."""
-    rows = read_lesions(result_dir)
-    yield f"{len(rows)} lesion(s)"
-    for row in rows[:limit]:
-        yield "  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in row.items() if not isinstance(v, list | dict))
+def lesion_lines(result_dir: PathLike, limit: int = 10) -> Iterator[str]:
+    """Human-readable lines for the lesions of a downloaded result folder (largest first)."""
+    rows = sorted(read_lesions(result_dir), key=lambda r: -float(r.get("volume_ml") or 0.0))
+    yield f"{len(rows)} lesion(s)" + (f", the {limit} largest:" if len(rows) > limit else ":")
+    if rows:
+        yield f"{'id':>4} {'ml':>8} {'SUVmax':>7} {'SUVmean':>7} {'SUVpeak':>7} {'TLG':>8}  centroid RAS mm"
+
+    def num(row: dict[str, Any], key: str) -> float:
+        value = row.get(key)
+        return float(value) if value not in (None, "") else float("nan")
+
+    for r in rows[:limit]:
+        yield (f"{r.get('id', '?'):>4} {num(r, 'volume_ml'):8.2f} {num(r, 'suv_max'):7.2f} "
+               f"{num(r, 'suv_mean'):7.2f} {num(r, 'suv_peak'):7.2f} {num(r, 'tlg'):8.2f}  "
+               f"({num(r, 'centroid_x_mm'):.0f}, {num(r, 'centroid_y_mm'):.0f}, {num(r, 'centroid_z_mm'):.0f})")
