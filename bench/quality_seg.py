@@ -1,0 +1,223 @@
+"""Segmentation evaluation of one case with every method, on the case's reference (CT) grid.
+
+Every method produces either a residual-like map in [0, 1] (autoinpainting, dAE, VAE, the windowed
+PET) that is swept over the paper's thresholds 0..0.8 (step 0.02, ``residual > t``), or a fixed
+binary mask (SUV >= 2.5, 41 % of SUVmax). All maps are compared with the label on the same grid and
+inside the same organ of interest (the pipeline's :func:`organ_of_interest`).
+
+A case record keeps the whole curve (Dice/precision/recall and the positive-voxel count per
+threshold), so the global threshold can be chosen on validation patients afterwards
+(:func:`apply_global_threshold`) without re-running anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autopaint.imaging.preprocess import PreparedCase, PreprocessParams, prepare_case, resample_to, same_grid
+from autopaint.imaging.volume import Volume
+from autopaint.model.uad import DenseAutoencoder, residual_maps
+from autopaint.segment.baselines import pet_window_map, suv_fixed_threshold, suvmax_fraction_threshold
+from autopaint.segment.engine import FAST_SOURCES, autoinpaint
+from autopaint.segment.metrics import segmentation_metrics
+from autopaint.segment.pipeline import PipelineInputs, PipelineParams, organ_of_interest, run_pipeline
+from autopaint.segment.thresholds import sweep, sweep_thresholds
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = sweep_thresholds()
+
+
+@dataclass
+class EvalCase:
+    """A loaded case: Volumes on their own grids (CT in HU, PET in SUV), label (uint8) and optional OOI."""
+
+    case_id: str
+    ct: Volume | None
+    pet: Volume | None
+    label: Volume | None
+    organ_mask: Volume | None
+
+    @property
+    def inputs(self) -> PipelineInputs:
+        return PipelineInputs(ct=self.ct, pet=self.pet, organ_mask=self.organ_mask, label=self.label)
+
+
+@dataclass
+class CaseGrid:
+    """What every method shares: the prepared PET/CT case, the OOI and the label on the reference grid."""
+
+    prepared: PreparedCase
+    ooi: np.ndarray        # bool (I, J, K)
+    label: np.ndarray      # bool (I, J, K)
+    voxel_ml: float
+
+    @property
+    def healthy(self) -> bool:
+        return not bool(self.label.any())
+
+
+def case_grid(case: EvalCase, params: PreprocessParams, preset: str) -> CaseGrid:
+    """Prepare ``case`` with ``params`` (a PET/CT preprocessing) and put OOI and label on its grid."""
+    prepared = prepare_case(case.ct, case.pet, params)
+    ref = prepared.reference
+    ooi = organ_of_interest(case.inputs, ref, preset)
+    if case.label is None:
+        label = np.zeros(ref.shape, dtype=bool)
+    elif same_grid(case.label, ref):
+        label = np.asarray(case.label.data) > 0
+    else:
+        lab = case.label.with_data(np.asarray(case.label.data, np.float32))
+        label = resample_to(lab, ref, order=0).data > 0.5
+    return CaseGrid(prepared, ooi, label, ref.voxel_volume_ml)
+
+
+def curve_record(residual: np.ndarray, grid: CaseGrid) -> dict[str, Any]:
+    """Sweep a reference-grid map: best-threshold metrics plus per-threshold curves (lists of 41)."""
+    sw = sweep(residual, grid.label, THRESHOLDS)
+    r = np.sort(np.asarray(residual, dtype=np.float64).ravel())
+    positives = r.size - np.searchsorted(r, THRESHOLDS, side="right")
+    best = sw["best"]
+    return {
+        "dice_best": best["dice"], "precision_best": best["precision"], "recall_best": best["recall"],
+        "t_best": best["threshold"],
+        "curve": {"dice": sw["dice"], "precision": sw["precision"], "recall": sw["recall"],
+                  "positives": [int(p) for p in positives]},
+    }
+
+
+def fixed_record(mask: np.ndarray, grid: CaseGrid) -> dict[str, Any]:
+    """Metrics of a fixed binary mask (no threshold to choose: [Dice] = Dice)."""
+    m = segmentation_metrics(mask, grid.label)
+    return {"dice_best": m["dice"], "precision_best": m["precision"], "recall_best": m["recall"],
+            "t_best": None, "dice_global": m["dice"], "fp_ml": float(np.count_nonzero(mask & ~grid.label)) * grid.voxel_ml}
+
+
+def _reference_map(stack: np.ndarray, grid: CaseGrid) -> np.ndarray:
+    res = np.clip(grid.prepared.to_reference(stack, order=1), 0.0, 1.0).astype(np.float32)
+    res[~grid.ooi] = 0.0
+    return res
+
+
+def uad_record(model: DenseAutoencoder, channels: list[int], grid: CaseGrid, device: str = "cpu") -> dict[str, Any]:
+    """dAE / VAE residual |x - x_hat| (mean over channels) of every slice, mapped back to the reference grid."""
+    images = grid.prepared.images[:, channels]
+    ooi_model = grid.prepared.mask_to_model(grid.ooi)
+    t0 = time.perf_counter()
+    res = residual_maps(model, images, ooi_model, device=device)
+    rec = curve_record(_reference_map(res, grid), grid)
+    rec["seconds"] = time.perf_counter() - t0
+    return rec
+
+
+def baseline_records(grid: CaseGrid) -> dict[str, dict[str, Any]]:
+    """SUV >= 2.5, 41 % of SUVmax (global and per lesion), and the windowed-PET sweep."""
+    pet = grid.prepared.pet_on_ref
+    assert pet is not None, "SUV baselines need a PET"
+    suv = np.asarray(pet.data, dtype=np.float32)
+    out = {
+        "SUV≥2.5": fixed_record(suv_fixed_threshold(suv, grid.ooi), grid),
+        "41% SUVmax": fixed_record(suvmax_fraction_threshold(suv, grid.ooi), grid),
+        "41% SUVmax per lesion": fixed_record(suvmax_fraction_threshold(suv, grid.ooi, mode="per_lesion"), grid),
+        "PET window sweep": curve_record(pet_window_map(suv, grid.ooi), grid),
+    }
+    return out
+
+
+def autopaint_record(case: EvalCase, grid: CaseGrid, inpainter: Any, preset: str, mode: str = "fast",
+                     screen_level: float | None = None) -> dict[str, Any]:
+    """Run the product's :func:`run_pipeline` (files to a temp dir, discarded) and sweep its residual.
+
+    ``screen_level``: fast mode's calibrated screening level (None: the volume's own fallback)."""
+    tmp = Path(tempfile.mkdtemp(prefix="quality-seg-"))
+    try:
+        t0 = time.perf_counter()
+        params = PipelineParams(preset=preset, mode=mode, screen_level=screen_level, write_preview=False)  # type: ignore[arg-type]
+        res = run_pipeline(case.inputs, params, inpainter, tmp)
+        seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if res.residual.shape != grid.label.shape:
+        raise RuntimeError(f"pipeline residual {res.residual.shape} != reference {grid.label.shape}")
+    rec = curve_record(np.where(grid.ooi, res.residual, 0.0), grid)
+    flagged = sum(1 for s in res.engine.slices if s.get("flagged"))
+    rec.update(seconds=seconds, forward_passes=int(res.report["forward_passes"]["total"]), flagged_slices=flagged,
+               kept_slices=sum(1 for s in res.engine.slices if s.get("kept")))
+    return rec
+
+
+def calibrate(inpainter: Any, images: np.ndarray, ooi: np.ndarray, max_slices: int) -> dict[str, Any]:
+    """Fast mode's screen level on healthy validation slices (``segment.fast.calibrate_screen``).
+
+    ``images`` (n, C, N, N) with the model's channels, ``ooi`` (n, N, N) bool; evenly subsampled."""
+    from autopaint.segment.fast import calibrate_screen
+
+    idx = np.linspace(0, len(images) - 1, min(max_slices, len(images))).round().astype(int)
+    t0 = time.perf_counter()
+    cal = calibrate_screen(inpainter, images[idx], ooi[idx])
+    cal["seconds"] = time.perf_counter() - t0
+    return cal
+
+
+def choose_global_threshold(val_records: list[dict[str, Any]]) -> float | None:
+    """The threshold maximising the mean Dice over validation cases with a tumour (ties: lowest)."""
+    curves = [r["curve"]["dice"] for r in val_records if not r.get("healthy") and "curve" in r]
+    if not curves:
+        return None
+    mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+    return float(THRESHOLDS[int(np.argmax(mean))])
+
+
+def apply_global_threshold(records: list[dict[str, Any]], t: float | None) -> None:
+    """Fill ``dice_global`` (tumour cases) and ``fp_ml`` (all cases) at threshold ``t`` in place."""
+    if t is None:
+        return
+    i = int(np.argmin(np.abs(THRESHOLDS - t)))
+    for r in records:
+        if "curve" not in r:
+            continue
+        r["dice_global"] = None if r.get("healthy") else r["curve"]["dice"][i]
+        if r.get("healthy"):
+            r["fp_ml"] = r["curve"]["positives"][i] * r["voxel_ml"]
+
+
+def exact_vs_fast(grid: CaseGrid, inpainter: Any, n_slices: int | None) -> dict[str, Any]:
+    """Exact vs fast autoinpainting on the ``n_slices`` OOI slices with the most tumour (model grid).
+
+    Fast mode runs without its screening source here: on a handful of slices a volume-level screen
+    level is meaningless (the whole-volume comparison is the main table's fast mode). Returns per mode
+    [Dice] on those slices, seconds, forward passes, and the Dice between the two best-threshold masks.
+    """
+    prep = grid.prepared
+    images = prep.images if inpainter.in_channels == prep.images.shape[1] else prep.images[:, _channels(inpainter.modality)]
+    ooi = prep.mask_to_model(grid.ooi)
+    lab = prep.mask_to_model(grid.label) & ooi
+    area = lab.reshape(lab.shape[0], -1).sum(axis=1)
+    order = np.argsort(-area, kind="stable")
+    keep = [int(k) for k in order if area[k] > 0][: n_slices or len(order)]
+    keep.sort()
+    out: dict[str, Any] = {"slices": keep}
+    masks = {}
+    for mode, sources in (("exact", frozenset()), ("fast", FAST_SOURCES - {"screen"})):
+        before = inpainter.images_inpainted
+        t0 = time.perf_counter()
+        eng = autoinpaint(images[keep], ooi[keep], inpainter, mode=mode, sources=sources)  # type: ignore[arg-type]
+        secs = time.perf_counter() - t0
+        sw = sweep(eng.residual, lab[keep], THRESHOLDS)
+        masks[mode] = eng.residual > sw["best"]["threshold"]
+        out[mode] = {"dice_best": sw["best"]["dice"], "t_best": sw["best"]["threshold"], "seconds": secs,
+                     "forward_passes": inpainter.images_inpainted - before}
+    out["mask_agreement_dice"] = segmentation_metrics(masks["fast"], masks["exact"])["dice"]
+    return out
+
+
+def _channels(modality: str) -> list[int]:
+    return {"ct": [0], "pet": [1], "petct": [0, 1]}[modality]
