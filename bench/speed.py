@@ -1,15 +1,19 @@
-"""Exact vs fast autoinpainting, side by side, on full-size thorax phantoms (seeds not used in training).
+"""Exact vs fast autoinpainting, side by side in one run, on full-size thorax phantoms not used in
+training (the tumour cases of work/phantom-thorax-eval), end to end through ``run_pipeline``.
 
-For each volume: images inpainted (the inpainter's counter), FLOPs (images x flops_per_image), wall
-time, the ratios, the share of tumour slices whose top-k union touches the tumour ("hit rate"),
-Dice vs the label at the single threshold and the best sweep Dice, and Dice between the two modes'
-masks. ``--ablate`` also runs fast mode with each source switched off in turn (its contribution).
+For each volume and mode: images inpainted (the inpainter's counter), FLOPs (images x
+flops_per_image), wall time (load -> files written) split by stage (load, prepare, organ mask,
+screen / grouped / search / ladder, threshold + lesions, write), the share of tumour slices whose
+top-k union touches the tumour ("hit rate"), Dice vs the label at the card's single threshold and
+the best sweep Dice [Dice]; then the ratios and the Dice between the two modes' masks.
+All fast runs go first (their wall times are the ones the <= 60 s target is about; the machine's
+load average is recorded with each), then the exact runs. ``--ablate N`` also runs fast mode on the
+first N cases with each source switched off in turn (its contribution).
 
-    .venv/bin/python bench/speed.py --n 5 --seed0 900 [--model NAME] [--size full] [--ablate]
+    .venv/bin/python bench/speed.py --cohort work/phantom-thorax-eval --n 5 [--ablate 1] \
+        [--set complete_groups=false] [--no-exact]
 
-Uses the demo model (models/thorax-petct-gconvlap-128) when it exists, else a randomly initialised
-demo network (timings and pass counts are real; detection numbers are then meaningless).
-Writes bench/results/speed.md (and speed.json).
+Writes bench/results/speed.md and speed.json (with the command line and the machine).
 """
 
 from __future__ import annotations
@@ -17,141 +21,199 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
+import shlex
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from autopaint.data.phantom import generate_case
-from autopaint.imaging.organs import ooi_mask
-from autopaint.imaging.preprocess import params_for, prepare_case
-from autopaint.segment.engine import FAST_SOURCES, autoinpaint
-from autopaint.segment.metrics import dice, segmentation_metrics, slice_hit_rate
-from autopaint.segment.search import candidate_grid
-from autopaint.segment.thresholds import apply_threshold, resolve_threshold, sweep
-from autopaint.segment.types import Geometry, SearchParams
+
+from autopaint.segment.engine import FAST_SOURCES
+from autopaint.segment.metrics import dice
+from autopaint.segment.pipeline import PipelineParams, load_inputs, run_pipeline
+from autopaint.segment.types import SearchParams
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STAGES = ("load", "prepare", "organ_mask", "autoinpaint_screen", "autoinpaint_grouped", "autoinpaint_search",
+          "autoinpaint_ladder", "threshold_lesions", "write")
 
 
-def load_model(name: str, device: str) -> tuple[Any, str]:
-    from autopaint.model.inpainter import Inpainter
-
-    try:
-        return Inpainter.load(name, device=device), name
-    except Exception as exc:  # noqa: BLE001 - any load failure falls back to the random network
-        logging.warning("model %s not loadable (%s): using a random demo network", name, exc)
+def machine() -> dict[str, Any]:
     import torch
-    from autopaint.model.networks import build_network, preset_config
 
-    torch.manual_seed(0)
-    cfg = preset_config("demo", "gconv_lap", 2)
-    ckpt = {"preprocessing": params_for("thorax", "petct", cfg.size).to_dict(), "training_summary": {}}
-    inp = Inpainter(build_network(cfg), cfg, ckpt, {"modality": "petct", "name": "random-demo"},
-                    "random", torch.device(device if device != "auto" else "cpu"))
-    return inp, "random-demo (untrained)"
+    cpu = "unknown"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
-def run_mode(inp: Any, images: np.ndarray, ooi_m: np.ndarray, case: Any, ooi_ref: np.ndarray,
-             label_ref: np.ndarray, label_m: np.ndarray, mode: str, sources: frozenset[str] | None,
-             screen_level: float | None) -> dict[str, Any]:
-    before = inp.images_inpainted
+def tumour_cases(cohort: Path, n: int) -> list[str]:
+    doc = json.loads((cohort / "cases.json").read_text())
+    return [c["case_id"] for c in doc["cases"] if not c.get("healthy")][:n]
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items:
+        key, val = it.split("=", 1)
+        try:
+            out[key] = json.loads(val.lower() if val.lower() in ("true", "false") else val)
+        except json.JSONDecodeError:
+            out[key] = val  # a bare string, e.g. unflagged=coarse
+    return out
+
+
+def run_case(inp: Any, case_dir: Path, params: PipelineParams, out: Path) -> dict[str, Any]:
+    """One pipeline run, load included; the mask is kept for the mode-vs-mode Dice."""
+    load1 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    res = autoinpaint(images, ooi_m, inp, mode=mode, sources=sources, screen_level=screen_level)  # type: ignore[arg-type]
+    inputs = load_inputs(case_dir / "ct.nii.gz", case_dir / "pet.nii.gz", None, case_dir / "label.nii.gz",
+                         suv_already=True)
+    t_load = time.perf_counter() - t0
+    before = inp.images_inpainted
+    res = run_pipeline(inputs, params, inp, out)
     wall = time.perf_counter() - t0
-    resid = np.clip(case.to_reference(res.residual, order=1), 0, 1)
-    resid[~ooi_ref] = 0
-    thr, _ = resolve_threshold(None, inp.default_threshold)
-    mask = apply_threshold(resid, thr) > 0
-    return {"images": inp.images_inpainted - before, "by_stage": res.counters.images, "flops": res.flops,
-            "wall_s": wall, "hit_rate": slice_hit_rate(res.unions, label_m, ooi_m.any(axis=(1, 2))),
-            "dice": segmentation_metrics(mask, label_ref)["dice"], "best_dice": sweep(resid, label_ref)["best"]["dice"],
-            "threshold": thr, "mask": mask, "flagged": sum(s["flagged"] for s in res.slices),
-            "ooi_slices": len(res.slices)}
+    rep = res.report
+    m = rep["metrics"]
+    timings = {"load": t_load, **rep["timings_s"]}
+    return {"images": inp.images_inpainted - before, "by_stage": rep["forward_passes"], "flops": rep["flops"],
+            "wall_s": wall, "timings": {k: round(float(v), 2) for k, v in timings.items()},
+            "hit_rate": m["slice_hit_rate"], "dice": m["at_threshold"]["dice"],
+            "best_dice": m["sweep"]["best"]["dice"], "best_threshold": m["sweep"]["best"]["threshold"],
+            "threshold": res.threshold, "mask": res.mask > 0, "load_avg_1min": load1,
+            "ooi_slices": rep["ooi"]["slices"], "tumour_slices": m["tumour_slices"],
+            "flagged": sum(1 for s in rep["slices"] if s.get("flagged")),
+            "grown": sum(1 for s in rep["slices"] if s.get("grown")),
+            "kept": sum(1 for s in rep["slices"] if s.get("kept")), "screen": rep["screen"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=5)
-    ap.add_argument("--seed0", type=int, default=900)
-    ap.add_argument("--size", default="full")
+    ap.add_argument("--cohort", type=Path, default=Path("work/phantom-thorax-eval"))
+    ap.add_argument("--n", type=int, default=5, help="first n tumour cases of the cohort")
     ap.add_argument("--model", default="thorax-petct-gconvlap-128")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--ablate", action="store_true")
-    ap.add_argument("--no-exact", action="store_true", help="fast mode only (timing)")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--set", action="append", default=[], help="SearchParams override, e.g. rescore_k=4")
+    ap.add_argument("--ablate", type=int, default=0, help="ablate fast-mode sources on the first N cases")
+    ap.add_argument("--no-exact", action="store_true", help="fast mode only")
     ap.add_argument("--out", type=Path, default=RESULTS / "speed.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    inp, model_name = load_model(args.model, args.device)
-    level = inp.card.get("screen_level") if inp.card else None
-    rows = []
-    for seed in range(args.seed0, args.seed0 + args.n):
-        ph = generate_case("thorax", seed=seed, size=args.size)
-        t0 = time.perf_counter()
-        pp = params_for("thorax", inp.modality, inp.size)
-        case = prepare_case(ph.ct, ph.pet, replace(pp))
-        ooi_ref = np.asarray(ooi_mask(ph.ct, "thorax"), bool)
-        ooi_m = case.mask_to_model(ooi_ref)
-        label_ref = ph.label.data > 0
-        label_m = case.mask_to_model(label_ref)
-        prep = time.perf_counter() - t0
-        common = (inp, case.images, ooi_m, case, ooi_ref, label_ref, label_m)
-        geom = Geometry.for_size(SearchParams(), inp.size)
-        n_ooi = int(ooi_m.any(axis=(1, 2)).sum())
-        # exact mode's pass count is fixed by the geometry: every candidate circle + every ladder rung
-        exact_count = sum(len(candidate_grid(o, geom.stride)[0]) for o in ooi_m if o.any()) \
-            + n_ooi * (1 + len(geom.ladder_widths))
-        row: dict[str, Any] = {"seed": seed, "prep_s": prep, "ct_shape": list(ph.ct.shape),
-                               "tumour_slices": int(label_m.any(axis=(1, 2)).sum()),
-                               "exact_images_by_geometry": exact_count}
-        row["fast"] = run_mode(*common, "fast", None, level)
+    from autopaint.model.inpainter import Inpainter
+
+    inp = Inpainter.load(args.model, device=args.device, max_batch=args.max_batch)
+    search = replace(SearchParams(), **parse_sets(args.set))
+    fast_p = PipelineParams(mode="fast", search=search, write_preview=True)
+    exact_p = PipelineParams(mode="exact", search=search, write_preview=True)
+    ids = tumour_cases(args.cohort, args.n)
+    rows: dict[str, dict[str, Any]] = {cid: {"case": cid} for cid in ids}
+    with tempfile.TemporaryDirectory(prefix="autopaint-speed-") as tmp:
+        for cid in ids:  # fast runs first: their wall times are measured on a quiet machine
+            rows[cid]["fast"] = run_case(inp, args.cohort / cid, fast_p, Path(tmp) / cid / "fast")
+            logging.info("%s fast: %s", cid, {k: rows[cid]["fast"][k] for k in ("images", "wall_s", "hit_rate", "dice")})
+        write_report(list(rows.values()), args, inp, search)  # partial reports: exact mode takes long
         if not args.no_exact:
-            row["exact"] = run_mode(*common, "exact", None, None)
-            row["mask_dice"] = dice(row["fast"]["mask"], row["exact"]["mask"])
-        if args.ablate:
-            row["ablation"] = {}
+            for cid in ids:
+                rows[cid]["exact"] = run_case(inp, args.cohort / cid, exact_p, Path(tmp) / cid / "exact")
+                rows[cid]["mask_dice"] = dice(rows[cid]["fast"]["mask"], rows[cid]["exact"]["mask"])
+                logging.info("%s exact: %s", cid, {k: rows[cid]["exact"][k] for k in ("images", "wall_s", "hit_rate")})
+                write_report(list(rows.values()), args, inp, search)
+        for cid in ids[: args.ablate]:
+            rows[cid]["ablation"] = {}
             for off in sorted(FAST_SOURCES):
-                r = run_mode(*common, "fast", FAST_SOURCES - {off}, level)
-                row["ablation"][f"without {off}"] = {k: r[k] for k in ("images", "wall_s", "hit_rate", "dice")}
-        logging.info("seed %d: %s", seed, {m: {k: row[m][k] for k in ("images", "wall_s")}
-                                           for m in ("fast", "exact") if m in row})
-        rows.append(row)
-    write_report(rows, model_name, args, inp.flops_per_image, level)
+                r = _ablated(inp, args.cohort / cid, fast_p, frozenset(FAST_SOURCES - {off}), Path(tmp) / cid / off)
+                rows[cid]["ablation"][f"without {off}"] = r
+    write_report(list(rows.values()), args, inp, search)
 
 
-def _f(x: float) -> str:
-    return "nan" if x != x else f"{x:.3f}"
+def _ablated(inp: Any, case_dir: Path, params: PipelineParams, sources: frozenset[str], out: Path) -> dict[str, Any]:
+    """Fast mode with some sources off, through the same pipeline."""
+    r = run_case(inp, case_dir, replace(params, sources=tuple(sorted(sources))), out)
+    return {k: r[k] for k in ("images", "wall_s", "hit_rate", "dice", "best_dice", "flagged")}
 
 
-def write_report(rows: list[dict[str, Any]], model_name: str, args: Any, fpi: int, level: Any) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Exact vs fast autoinpainting ({args.size} thorax phantoms, seeds {args.seed0}..{args.seed0 + args.n - 1})",
-             "", f"Model: {model_name}; {fpi / 1e9:.3f} GFLOP/image; device {args.device}; screen level: "
-             f"{level if level is not None else 'volume fallback (median + 6 MAD)'}.", "",
-             "| seed | OOI slices | tumour slices | flagged | fast images | exact images | ratio | fast s | exact s | "
-             "fast hit | exact hit | fast Dice | exact Dice | fast best | exact best | mask Dice |",
-             "|" + "---|" * 16]
+def _f(x: Any, nd: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}"
+
+
+def _mean(rows: list[dict[str, Any]], mode: str, key: str) -> float:
+    vals = [r[mode][key] for r in rows if mode in r and r[mode][key] is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def write_report(rows: list[dict[str, Any]], args: Any, inp: Any, search: SearchParams) -> None:
+    mach = machine()
+    fpi = int(inp.flops_per_image)
+    cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    head = [f"# Exact vs fast autoinpainting, end to end ({len(rows)} full-size thorax phantoms of {args.cohort})", "",
+            f"Command: `{cmd}`  ", f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} "
+            f"({mach['torch_threads']} threads), device {args.device}, max batch {args.max_batch}.  ",
+            f"Model: {inp.card.get('name')} (sha256 {inp.sha256[:12]}), {fpi / 1e9:.3f} GFLOP/image; threshold "
+            f"{inp.default_threshold} (card); screen level {inp.card.get('screen_level')} (card).  ",
+            f"Search: {json.dumps(search.to_dict())}", "",
+            "| case | OOI sl | tumour sl | flagged (grown) | fast img | exact img | img ratio | fast TFLOP | exact TFLOP "
+            "| fast s | exact s | time ratio | fast hit | exact hit | fast Dice | exact Dice | fast [Dice] | exact [Dice] "
+            "| mask Dice |", "|" + "---|" * 19]
+    tot = {"fi": 0, "ei": 0, "fs": 0.0, "es": 0.0}
     for r in rows:
+        if "fast" not in r:
+            continue
         f, e = r["fast"], r.get("exact")
-        ratio = e["images"] / max(f["images"], 1) if e else float("nan")
-        lines.append(f"| {r['seed']} | {f['ooi_slices']} | {r['tumour_slices']} | {f['flagged']} | {f['images']} | "
-                     f"{e['images'] if e else '-'} | {_f(ratio)} | {f['wall_s']:.1f} | {e['wall_s'] if e else float('nan'):.1f} | "
-                     f"{_f(f['hit_rate'])} | {_f(e['hit_rate']) if e else '-'} | {_f(f['dice'])} | {_f(e['dice']) if e else '-'} | "
-                     f"{_f(f['best_dice'])} | {_f(e['best_dice']) if e else '-'} | {_f(r.get('mask_dice', float('nan')))} |")
-    lines += ["", "Exact images from the geometry (circles + ladder rungs, no network run): "
-              + "; ".join(f"seed {r['seed']}: {r['exact_images_by_geometry']} "
-                          f"({r['exact_images_by_geometry'] / max(r['fast']['images'], 1):.1f}x fast)" for r in rows)]
-    lines += ["", "Fast images by stage: " + "; ".join(f"seed {r['seed']}: {r['fast']['by_stage']}" for r in rows)]
+        tot["fi"] += f["images"]
+        tot["fs"] += f["wall_s"]
+        if e:
+            tot["ei"] += e["images"]
+            tot["es"] += e["wall_s"]
+        head.append(
+            f"| {r['case']} | {f['ooi_slices']} | {f['tumour_slices']} | {f['flagged']} ({f['grown']}) | {f['images']} | "
+            f"{e['images'] if e else '-'} | {_f(e['images'] / f['images'], 1) if e else '-'} | {f['flops'] / 1e12:.2f} | "
+            f"{_f(e['flops'] / 1e12, 2) if e else '-'} | {f['wall_s']:.1f} | {_f(e['wall_s'], 1) if e else '-'} | "
+            f"{_f(e['wall_s'] / f['wall_s'], 1) if e else '-'} | {_f(f['hit_rate'])} | {_f(e['hit_rate']) if e else '-'} | "
+            f"{_f(f['dice'])} | {_f(e['dice']) if e else '-'} | {_f(f['best_dice'])} | {_f(e['best_dice']) if e else '-'} | "
+            f"{_f(r.get('mask_dice'))} |")
+    has_e = all("exact" in r for r in rows)
+    head.append(f"| **mean** | | | | {tot['fi'] / len(rows):.0f} | {_f(tot['ei'] / len(rows), 0) if has_e else '-'} | "
+                f"{_f(tot['ei'] / tot['fi'], 1) if has_e else '-'} | | | {tot['fs'] / len(rows):.1f} | "
+                f"{_f(tot['es'] / len(rows), 1) if has_e else '-'} | {_f(tot['es'] / tot['fs'], 1) if has_e else '-'} | "
+                f"{_f(_mean(rows, 'fast', 'hit_rate'))} | {_f(_mean(rows, 'exact', 'hit_rate'))} | "
+                f"{_f(_mean(rows, 'fast', 'dice'))} | {_f(_mean(rows, 'exact', 'dice'))} | "
+                f"{_f(_mean(rows, 'fast', 'best_dice'))} | {_f(_mean(rows, 'exact', 'best_dice'))} | "
+                f"{_f(float(np.mean([r['mask_dice'] for r in rows])) if has_e else None)} |")
+    head += ["", "Where the time goes (s, end to end; load average at the start of each run):", "",
+             "| case | mode | " + " | ".join(s.replace("autoinpaint_", "") for s in STAGES) + " | total | load avg |",
+             "|" + "---|" * (len(STAGES) + 4)]
+    for r in rows:
+        for mode in ("fast", "exact"):
+            if mode in r:
+                t = r[mode]["timings"]
+                head.append(f"| {r['case']} | {mode} | " + " | ".join(_f(t.get(s), 1) for s in STAGES)
+                            + f" | {r[mode]['wall_s']:.1f} | {r[mode]['load_avg_1min']:.2f} |")
+    head += ["", "Fast images by stage: " + "; ".join(f"{r['case']}: {r['fast']['by_stage']}" for r in rows)]
     for r in rows:
         if "ablation" in r:
-            lines += ["", f"Ablation, seed {r['seed']} (fast with one source off): " + json.dumps(
-                {k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()}
-                 for k, v in r["ablation"].items()})]
-    args.out.write_text("\n".join(lines) + "\n")
+            head += ["", f"Ablation, {r['case']} (fast mode with one source off; full fast: {r['fast']['images']} "
+                     f"images, {r['fast']['wall_s']:.1f} s, hit {_f(r['fast']['hit_rate'])}, Dice {_f(r['fast']['dice'])}):", "",
+                     "| variant | images | s | hit | Dice | [Dice] | flagged |", "|---|---|---|---|---|---|---|"]
+            for k, v in r["ablation"].items():
+                head.append(f"| {k} | {v['images']} | {v['wall_s']:.1f} | {_f(v['hit_rate'])} | {_f(v['dice'])} | "
+                            f"{_f(v['best_dice'])} | {v['flagged']} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(head) + "\n")
     clean = [{k: ({kk: vv for kk, vv in v.items() if kk != "mask"} if isinstance(v, dict) else v)
               for k, v in r.items()} for r in rows]
-    args.out.with_suffix(".json").write_text(json.dumps(clean, indent=2, default=float) + "\n")
+    doc = {"command": cmd, "machine": mach, "model": inp.card.get("name"), "model_sha256": inp.sha256,
+           "flops_per_image": fpi, "search": search.to_dict(), "rows": clean}
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     print(args.out.read_text())
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from autopaint.cli import main
 from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
@@ -38,6 +39,9 @@ def test_cli_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 @pytest.mark.skipif(not (models_dir() / DEMO / "model.pt").is_file(), reason="demo model not trained yet")
 def test_fast_and_exact_agree_with_the_demo_model() -> None:
+    """The shipped, calibrated demo model on a small thorax phantom (seed 901, not a training seed):
+    fast mode (card's screen level) finds the tumour slices that exact mode finds, its mask at the
+    card's threshold agrees with exact mode's, with at most half the images inpainted."""
     from autopaint.data.phantom import generate_case
     from autopaint.imaging.organs import ooi_mask
     from autopaint.imaging.preprocess import PreprocessParams, prepare_case
@@ -45,20 +49,24 @@ def test_fast_and_exact_agree_with_the_demo_model() -> None:
     from autopaint.segment.engine import autoinpaint
     from autopaint.segment.metrics import dice, slice_hit_rate
 
-    inp = Inpainter.load(DEMO, device="cpu")
+    inp = Inpainter.load(DEMO, device="cpu", max_batch=64)
+    level, thr = inp.card.get("screen_level"), inp.default_threshold
+    assert level is not None and thr is not None, "the shipped demo model must be calibrated"
     ph = generate_case("thorax", seed=901, size="small")
     case = prepare_case(ph.ct, ph.pet, PreprocessParams.from_dict(inp.preprocessing))
     ooi = case.mask_to_model(np.asarray(ooi_mask(ph.ct, "thorax"), bool))
     label = case.mask_to_model(ph.label.data > 0)
     tumour_k = np.flatnonzero(label.any(axis=(1, 2)))
     assert tumour_k.size
-    # the tumour slices plus a few healthy neighbours keep the test short
-    ks = np.unique(np.clip(np.concatenate([tumour_k, tumour_k[[0, -1]] + [-3, 3]]), 0, len(ooi) - 1))
+    # the tumour slices plus one healthy neighbour on each side keep the test short
+    ks = np.unique(np.clip(np.concatenate([tumour_k, tumour_k[[0, -1]] + [-1, 1]]), 0, len(ooi) - 1))
     ks = ks[ooi[ks].any(axis=(1, 2))]
-    level = inp.card.get("screen_level")
     fast = autoinpaint(case.images[ks], ooi[ks], inp, mode="fast", screen_level=level)
     exact = autoinpaint(case.images[ks], ooi[ks], inp, mode="exact")
-    assert abs(slice_hit_rate(fast.unions, label[ks]) - slice_hit_rate(exact.unions, label[ks])) <= 0.1
-    thr = inp.default_threshold or 0.1
+    assert fast.level_source == "calibrated"
+    hit_fast, hit_exact = slice_hit_rate(fast.unions, label[ks]), slice_hit_rate(exact.unions, label[ks])
+    assert hit_exact >= 0.5, hit_exact  # the model does find this tumour
+    assert abs(hit_fast - hit_exact) <= 0.2, (hit_fast, hit_exact)  # at most one of its 6 slices apart
     assert dice(fast.residual > thr, exact.residual > thr) >= 0.8
+    assert dice(fast.residual > thr, label[ks]) >= dice(exact.residual > thr, label[ks]) - 0.05
     assert exact.counters.total >= 2 * fast.counters.total

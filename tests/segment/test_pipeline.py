@@ -11,12 +11,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from autopaint.errors import InvalidInput, ModelError
 from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
 from autopaint.segment.outputs import rethreshold
 from autopaint.segment.pipeline import PipelineInputs, PipelineParams, load_inputs, run_pipeline
-
 from tests.segment.stubs import ConstantInpainter
 
 LUNG_HU, LUNG_SUV = -800.0, 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from autopaint.segment.refine import choose_rung, ladder_masks, run_ladder, size_filter
 from autopaint.segment.search import (
     candidate_circles,
@@ -15,7 +16,6 @@ from autopaint.segment.search import (
     top_k,
 )
 from autopaint.segment.types import Geometry, SearchParams
-
 from tests.segment.conftest import BG, N, disk
 
 

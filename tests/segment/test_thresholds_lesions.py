@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from autopaint.imaging.volume import Volume
 from autopaint.segment.lesions import SPHERE_1ML_RADIUS_MM, lesion_table, lesions_csv
 from autopaint.segment.metrics import segmentation_metrics

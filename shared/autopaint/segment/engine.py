@@ -7,8 +7,10 @@ slices and slices failing the size filter equal the input) and the residual (K, 
 outside the OOI.
 
 Fast-mode sources (each can be switched off to measure its contribution):
-``screen`` grouped screening pass + calibrated level (only flagged slices are searched, then
-their unflagged OOI neighbours along k while the size filter keeps slices: "neighbour growth");
+``screen`` grouped screening pass + calibrated level: flagged slices get the full search; the
+unflagged OOI slices get a coarse search on their screen scores (``unflagged="coarse"``, default:
+their top-k screen circles go straight to the ladder) or none (``"skip"``, output = input, with
+"neighbour growth": the slices within ``grow_slices`` of a flagged slice are searched too);
 ``grouped`` grouped scoring with exact re-scoring of the top ``rescore_k`` circles;
 ``early_stop`` the ladder stops inpainting at the first no-change rung (same result);
 ``batch`` passes of many slices share one inpaint call (wall time only).
@@ -123,14 +125,16 @@ def rescore_batch(inpainter: InpainterLike, images: np.ndarray, circles: dict[in
 def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.ndarray, geom: Geometry,
                        params: SearchParams, sources: frozenset[str], grouped: dict[int, np.ndarray],
                        slices: dict[int, dict[str, Any]], unions: np.ndarray, out: np.ndarray,
-                       final_masks: np.ndarray, batch: int) -> None:
+                       final_masks: np.ndarray, batch: int, coarse: frozenset[int] = frozenset()) -> None:
     """Full search (grouped completion + re-scoring, or exact) -> top-k union -> ladder -> size
-    filter for the slices ``todo``; fills ``unions``, ``out``, ``final_masks`` and ``slices`` in place."""
+    filter for the slices ``todo``; fills ``unions``, ``out``, ``final_masks`` and ``slices`` in place.
+    Slices in ``coarse`` take the top-k of their screen scores as they are (no more scoring passes)."""
     inpainter = ctx.inpainter
-    if {"screen", "grouped"} <= sources and params.screen_subsample > 1:
+    full = [k for k in todo if k not in coarse]
+    if {"screen", "grouped"} <= sources and params.screen_subsample > 1 and params.complete_groups:
         # the screen ran only its subset of groups: run the remaining checkerboard groups
         t0, before = time.perf_counter(), inpainter.images_inpainted
-        for chunk in _chunks(todo, batch):
+        for chunk in _chunks(full, batch):
             ctx.check()
             rest = grouped_scores(inpainter, images[chunk], ooi[chunk], geom, params, "rest")
             for k, sc in zip(chunk, rest, strict=True):
@@ -139,10 +143,16 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
         ctx.timings["grouped"] = ctx.timings.get("grouped", 0.0) + time.perf_counter() - t0
 
     t0, before = time.perf_counter(), inpainter.images_inpainted
-    n_circ = {k: len(candidate_grid(ooi[k], geom.stride)[0]) for k in todo}
-    total = sum(min(n_circ[k], params.rescore_k) if "grouped" in sources else n_circ[k] for k in todo)
+    for k in coarse & set(todo):
+        sc = grouped[k]
+        pick = top_k(sc, params.top_k)
+        pick = pick[np.isfinite(sc[pick])]
+        unions[k] = candidate_circles(ooi[k], geom.radius, geom.stride).union(pick)
+        slices[k]["searched"] = "coarse"
+    n_circ = {k: len(candidate_grid(ooi[k], geom.stride)[0]) for k in full}
+    total = sum(min(n_circ[k], params.rescore_k) if "grouped" in sources else n_circ[k] for k in full)
     done = 0
-    for chunk in _chunks(todo, batch):
+    for chunk in _chunks(full, batch):
         ctx.check()
         circ = {k: candidate_circles(ooi[k], geom.radius, geom.stride) for k in chunk}
         if "grouped" in sources:
@@ -159,6 +169,7 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
         for k in chunk:
             unions[k] = circ[k].union(picks[k])
             slices[k]["top_centres"] = circ[k].centres[picks[k]].round(3).tolist()
+            slices[k]["searched"] = "full"
         ctx.report("search", done, total, "circles")
     ctx.count("search", before)
     ctx.timings["search"] = ctx.timings.get("search", 0.0) + time.perf_counter() - t0
@@ -245,21 +256,23 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
     unions = np.zeros((k_count, n, n), dtype=bool)
     out = images.astype(np.float32, copy=True)
     final_masks = np.zeros((k_count, n, n), dtype=bool)
-    todo, processed = list(flagged), set(flagged)
-    while todo:
+    coarse: frozenset[int] = frozenset()
+    if "screen" in sources and params.unflagged == "coarse":
+        # every unflagged OOI slice still gets a search, on the screen's own scores (no more passes)
+        coarse = frozenset(ooi_slices) - set(flagged)
+    elif "screen" in sources and params.grow_slices > 0:
+        # neighbour growth: tumours are 3D and the screen misses the small cross-sections at their
+        # ends, so the OOI slices within ``grow_slices`` of a flagged slice are searched too (a
+        # bounded rule: anatomy is continuous along k as well, so "grow while the detection goes
+        # on" walked through whole volumes with the real model)
+        near = {k + d for k in flagged for d in range(-params.grow_slices, params.grow_slices + 1)}
+        for j in sorted(near & set(ooi_slices) - set(flagged)):
+            slices[j].update(flagged=True, grown=True)
+            flagged.append(j)
+    todo = sorted(set(flagged) | coarse)
+    if todo:
         _search_and_refine(ctx, todo, images, ooi, geom, params, sources, grouped, slices, unions,
-                           out, final_masks, batch)
-        if "screen" not in sources:
-            break
-        # neighbour growth: tumours are 3D, so an unflagged OOI slice next to a kept slice is
-        # searched too (catches the small cross-sections at a tumour's ends that the screen misses)
-        grow = sorted({k + d for k in todo if slices[k].get("kept") for d in (-1, 1)} & set(ooi_slices)
-                      - processed)
-        for k in grow:
-            slices[k]["flagged"] = True
-            slices[k]["grown"] = True
-        processed.update(grow)
-        todo = grow
+                           out, final_masks, batch, coarse)
 
     residual = combine_channels(np.abs(images - out), params.combine).astype(np.float32)
     residual *= ooi

@@ -5,7 +5,8 @@ modulo g in both axes, so circles are >= g * stride apart and their holes do not
 g * stride >= 2r + margin). Each circle's grouped score is the circle score read from that image.
 A slice's screen score is its best grouped circle score; slices whose screen score exceeds a level
 (calibrated on healthy validation slices: the ``screen_quantile`` quantile of the healthy screen
-scores) get the full search + ladder; the others are left as they are (output = input).
+scores) get the full search + ladder; the others get a coarse search on their own screen scores
+(``SearchParams.unflagged="coarse"``) or are left as they are (``"skip"``, output = input).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 import cc3d
 import numpy as np
-from scipy import signal
+from scipy import ndimage, signal
 
 from autopaint.imaging.volume import Volume
 
@@ -41,15 +41,23 @@ def sphere_kernel(affine: np.ndarray, radius_mm: float = SPHERE_1ML_RADIUS_MM) -
 def peak_mean(suv: np.ndarray, lesion: np.ndarray, kernel: np.ndarray) -> float:
     """Max over lesion voxels of the kernel-mean of ``suv`` (both (I, J, K)); see module doc."""
     idx = np.argwhere(lesion)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0), strict=True))
+    return _peak_in_box(suv, lesion[box], box, kernel)
+
+
+def _peak_in_box(suv: np.ndarray, les_box: np.ndarray, box: tuple[slice, ...], kernel: np.ndarray) -> float:
+    """:func:`peak_mean` for a lesion given as its bool mask ``les_box`` inside the bounding ``box``
+    of ``suv`` (so a lesion costs its box, not the whole volume)."""
     half = np.array(kernel.shape) // 2
-    lo = np.maximum(idx.min(axis=0) - half, 0)
-    hi = np.minimum(idx.max(axis=0) + half + 1, suv.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    lo = np.maximum(np.array([b.start for b in box]) - half, 0)
+    hi = np.minimum(np.array([b.stop for b in box]) + half, suv.shape)
+    big = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     k = kernel.astype(np.float64)
-    s = signal.fftconvolve(suv[box].astype(np.float64), k, mode="same")
+    s = signal.fftconvolve(suv[big].astype(np.float64), k, mode="same")
     c = signal.fftconvolve(np.ones(s.shape), k, mode="same")
     means = s / np.maximum(c, 1e-9)
-    return float(means[lesion[box]].max())
+    inner = tuple(slice(int(b.start - a), int(b.stop - a)) for b, a in zip(box, lo, strict=True))
+    return float(means[inner][les_box].max())
 
 
 def lesion_table(mask: Volume, suv: Volume | None) -> list[dict[str, Any]]:
@@ -66,21 +74,25 @@ def lesion_table(mask: Volume, suv: Volume | None) -> list[dict[str, Any]]:
     counts = np.bincount(labels.ravel(), minlength=n + 1)
     order = sorted(range(1, n + 1), key=lambda i: (-counts[i], i))
     kernel = sphere_kernel(mask.affine) if suv is not None else None
+    boxes = ndimage.find_objects(labels)  # per-lesion bounding boxes: each lesion costs its box only
+    suv_data = np.asarray(suv.data) if suv is not None else None
     rows = []
     for new_id, lab in enumerate(order, start=1):
-        les = labels == lab
-        idx = np.argwhere(les)
+        box = boxes[lab - 1]
+        assert box is not None
+        les = labels[box] == lab
+        idx = np.argwhere(les) + np.array([b.start for b in box])
         centroid = mask.index_to_world(idx.mean(axis=0))[0]
         vol_ml = float(counts[lab]) * mask.voxel_volume_ml
         row: dict[str, Any] = {"id": new_id, "voxels": int(counts[lab]), "volume_ml": vol_ml,
                                "suv_max": None, "suv_mean": None, "suv_peak": None, "tlg": None,
                                "centroid_x_mm": float(centroid[0]), "centroid_y_mm": float(centroid[1]),
                                "centroid_z_mm": float(centroid[2])}
-        if suv is not None and kernel is not None:
-            vals = np.asarray(suv.data, dtype=np.float64)[les]
+        if suv_data is not None and kernel is not None:
+            vals = suv_data[box][les].astype(np.float64)
             row["suv_max"] = float(vals.max())
             row["suv_mean"] = float(vals.mean())
-            row["suv_peak"] = peak_mean(np.asarray(suv.data), les, kernel)
+            row["suv_peak"] = _peak_in_box(suv_data, les, box, kernel)
             row["tlg"] = row["suv_mean"] * vol_ml
         rows.append(row)
     return rows

@@ -19,7 +19,7 @@ from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.imaging.volume import Volume
 from autopaint.segment.engine import AutoinpaintResult, autoinpaint
 from autopaint.segment.lesions import lesion_table
-from autopaint.segment.metrics import segmentation_metrics
+from autopaint.segment.metrics import segmentation_metrics, slice_hit_rate
 from autopaint.segment.outputs import (
     sha256_file,
 )
@@ -45,21 +45,26 @@ class PipelineInputs:
 
 @dataclass(frozen=True)
 class PipelineParams:
-    """``preset`` thorax|headneck (CT window and automatic OOI); ``mode`` fast|exact; ``threshold``
-    None = model card default (else :data:`thresholds.FALLBACK_THRESHOLD`); ``screen_level`` None =
-    the card's ``screen_level`` (else the volume's own fallback); ``search``: engine parameters."""
+    """``preset`` thorax|headneck|custom picks the automatic OOI (lungs, head-and-neck region, body);
+    None = the model's own preset (its checkpoint's preprocessing; thorax when it has none). The CT
+    window and every other preprocessing parameter always come from the checkpoint. ``mode``
+    fast|exact; ``threshold`` None = model card default (else :data:`thresholds.FALLBACK_THRESHOLD`);
+    ``screen_level`` None = the card's ``screen_level`` (else the volume's own fallback); ``search``:
+    engine parameters; ``sources``: fast-mode sources to use (None = all; ablation studies)."""
 
-    preset: str = "thorax"
+    preset: str | None = None
     mode: Mode = "fast"
     threshold: float | None = None
     screen_level: float | None = None
     search: SearchParams = field(default_factory=SearchParams)
     write_preview: bool = True
+    sources: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "mode": self.mode, "threshold": self.threshold,
                 "screen_level": self.screen_level, "search": self.search.to_dict(),
-                "write_preview": self.write_preview}
+                "write_preview": self.write_preview,
+                "sources": None if self.sources is None else sorted(self.sources)}
 
 
 @dataclass
@@ -120,15 +125,18 @@ def _check(should_cancel: CancelFn | None) -> None:
         raise Cancelled("job cancelled")
 
 
-def _preprocess_params(inpainter: InpainterLike, preset: str) -> Any:
+def _preprocess_params(inpainter: InpainterLike, preset: str | None) -> tuple[Any, str]:
+    """(PreprocessParams, OOI preset). The checkpoint's preprocessing (CT window included, e.g. a
+    custom window) drives preprocessing; ``preset`` None takes the model's preset for the OOI."""
     from autopaint.imaging.preprocess import PreprocessParams, params_for
 
     if inpainter.preprocessing:
         pp = PreprocessParams.from_dict(inpainter.preprocessing)
-        if pp.preset != preset:
-            log.warning("model was trained with preset %s, running %s", pp.preset, preset)
-        return pp
-    return params_for(preset, inpainter.modality, inpainter.size)
+        if preset is not None and pp.preset != preset:
+            log.warning("model was trained with preset %s, running the %s organ mask", pp.preset, preset)
+        return pp, preset or pp.preset
+    preset = preset or "thorax"
+    return params_for(preset, inpainter.modality, inpainter.size), preset
 
 
 def _check_modality(inputs: PipelineInputs, modality: str) -> None:
@@ -174,7 +182,7 @@ def _screen_level(params: PipelineParams, inpainter: InpainterLike) -> float | N
     if level is None:
         return None
     cal = (card.get("screen_calibration") or {}).get("search") or {}
-    keys = ("radius_px", "stride_px", "group_period", "score")
+    keys = ("radius_px", "stride_px", "group_period", "screen_subsample", "score")
     mine = params.search.to_dict()
     if cal and any(cal.get(k) != mine[k] for k in keys):
         log.warning("card screen_level was calibrated with other search parameters; using fallback")
@@ -193,23 +201,26 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _check_modality(inputs, inpainter.modality)
-    pp = _preprocess_params(inpainter, params.preset)
+    pp, preset = _preprocess_params(inpainter, params.preset)
     if pp.size != inpainter.size or pp.modality != inpainter.modality:
         raise ModelError(f"model preprocessing ({pp.modality}, {pp.size}px) does not match the network"
                          f" ({inpainter.modality}, {inpainter.size}px)", code="modality_mismatch")
     if progress:
         progress(ProgressEvent("prepare", 0, 1, "volumes"))
     case = prepare_case(inputs.ct, inputs.pet, pp)  # a PET given to a CT model still feeds SUV stats
-    ooi = organ_of_interest(inputs, case.reference, params.preset)
+    timings["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ooi = organ_of_interest(inputs, case.reference, preset)
     ooi_model = case.mask_to_model(ooi)
     if not ooi_model.any():
         raise InvalidInput("the organ-of-interest mask is too small for the model grid", code="empty_organ_mask")
-    timings["prepare"] = time.perf_counter() - t0
+    timings["organ_mask"] = time.perf_counter() - t0
     _check(should_cancel)
 
     screen_level = _screen_level(params, inpainter)
     eng = autoinpaint(case.images, ooi_model, inpainter, params.search, params.mode,
-                      screen_level=screen_level, progress=progress, should_cancel=should_cancel)
+                      screen_level=screen_level, progress=progress, should_cancel=should_cancel,
+                      sources=None if params.sources is None else frozenset(params.sources))
     timings.update({f"autoinpaint_{k}": v for k, v in eng.timings.items()})
     _check(should_cancel)
 
@@ -224,7 +235,10 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     metrics: dict[str, Any] | None = None
     if inputs.label is not None:
         lab = _on_reference(inputs.label, ref)
-        metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab)}
+        lab_model = case.mask_to_model(lab)
+        metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab),
+                   "slice_hit_rate": slice_hit_rate(eng.unions, lab_model, np.asarray(ooi_model.any(axis=(1, 2)))),
+                   "tumour_slices": int(lab_model.any(axis=(1, 2)).sum())}
     timings["threshold_lesions"] = time.perf_counter() - t1
     _check(should_cancel)
 
@@ -234,7 +248,7 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
                    "reference_affine": ref.affine.tolist()},
         "model": {"sha256": inpainter.sha256, "modality": inpainter.modality, "size": inpainter.size,
                   "name": (inpainter.card or {}).get("name"), "flops_per_image": int(inpainter.flops_per_image)},
-        "params": params.to_dict(), "preprocessing": pp.to_dict(),
+        "params": {**params.to_dict(), "preset": preset}, "preprocessing": pp.to_dict(),
         "threshold": {"value": threshold, "source": thr_source},
         "screen": {"level": eng.screen_level, "source": eng.level_source},
         "forward_passes": {"total": eng.counters.total, **eng.counters.images},

@@ -21,6 +21,7 @@ PAPER_SIZE = 512
 Mode = Literal["fast", "exact"]
 ScoreKind = Literal["sum", "mean"]
 Combine = Literal["mean", "max"]
+Unflagged = Literal["skip", "coarse"]
 
 
 @runtime_checkable
@@ -56,9 +57,15 @@ class SearchParams:
     [0, 1] units) takes part in the size filter's connected components when it is >= this level.
     Fast-mode knobs: ``group_period`` (checkerboard period g of the grouped passes, in grid
     steps), ``screen_subsample`` (the screen runs only the groups on every s-th grid step: g^2/s^2
-    passes per slice; flagged slices then run the other groups), ``rescore_k`` (grouped candidates re-scored exactly), ``screen_quantile`` (healthy
+    passes per slice; flagged slices then run the other groups unless ``complete_groups`` is False:
+    then the best screen circles are re-scored directly, on the screen's coarser grid), ``rescore_k``
+    (grouped candidates re-scored exactly), ``screen_quantile`` (healthy
     calibration quantile), ``screen_fallback_k`` (when no calibrated level exists, flag slices whose
-    screen score exceeds median + k * 1.4826 * MAD of the volume's own OOI slices).
+    screen score exceeds median + k * 1.4826 * MAD of the volume's own OOI slices), ``grow_slices``
+    (the OOI slices within this many slices of a flagged one are searched too), ``unflagged``: what
+    the OOI slices the screen does not flag get: "skip" (output = input; neighbour growth applies) or
+    "coarse" (the top-k of their screen scores, on the screen's coarser grid, go through the ladder
+    and size filter: no extra scoring passes, ladder passes only).
     """
 
     radius_px: float = 27.0
@@ -72,9 +79,12 @@ class SearchParams:
     combine: Combine = "mean"
     group_period: int = 4
     screen_subsample: int = 2
+    complete_groups: bool = True
     rescore_k: int = 5
     screen_quantile: float = 0.99
     screen_fallback_k: float = 6.0
+    grow_slices: int = 2
+    unflagged: Unflagged = "coarse"
     early_stop_ladder: bool = True
     slice_batch: int = 64
 
