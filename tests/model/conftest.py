@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from autopaint.model.networks import ModelConfig
 
 TINY = dict(size=32, depth=3, base_width=8, max_width=16, kernel_sizes=(5, 3, 3))
