@@ -72,7 +72,7 @@ def write_results(out: Path, case: Any, eng: AutoinpaintResult, residual: np.nda
             shown = pet if pet is not None else ct
         assert shown is not None
         png = render_preview(ct, pet, shown, residual, mask > 0, tuple(case.params.ct_window),
-                             tuple(case.params.suv_window))
+                             tuple(case.params.suv_window), affine=case.reference.affine)
         files["preview.png"] = atomic_write_bytes(out / "preview.png", png)
     report = dict(report)
     timings = {**timings, "write": time.perf_counter() - t0}  # all files but report.json itself
