@@ -200,7 +200,10 @@ def run_cohort(plan: CohortPlan, budget: Budget, work: Path, results: dict[str, 
         model_info[name]["screen_calibration"] = {k: cal[k] for k in ("screen_level", "n_slices", "seconds")}
     timings["calibration"] = time.perf_counter() - t
     t = time.perf_counter()
-    val_ids = ids["val"][: plan.max_val_cases] if plan.max_val_cases else ids["val"]
+    # healthy validation patients carry no threshold information: segment only those with a tumour
+    tumour_ids = {c["case_id"] for c in manifest.get("cases", []) if c.get("has_tumour")}
+    val_ids = [c for c in ids["val"] if c in tumour_ids]
+    val_ids = val_ids[: plan.max_val_cases] if plan.max_val_cases else val_ids
     test_ids = ids["test"][: plan.max_test_cases] if plan.max_test_cases else ids["test"]
     val_rec: dict[str, list[dict[str, Any]]] = {}
     test_rec: dict[str, list[dict[str, Any]]] = {}
@@ -250,7 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cohorts", default=None, help="comma-separated subset of the budget's cohorts")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (training and inference)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="only re-render quality.md and the plots from an existing <out>/quality.json")
     args = ap.parse_args(argv)
+    if args.render_only:
+        from bench.quality_markdown import render_markdown
+        from bench.quality_plots import write_plots
+
+        saved = json.loads((args.out / "quality.json").read_text())
+        saved["meta"]["plots"] = [p.name for p in write_plots(saved, args.out)]
+        (args.out / "quality.md").write_text(render_markdown(saved))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("autopaint.segment", "autopaint.model.train", "autopaint.imaging", "autopaint.data"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,19 +15,24 @@ from bench.quality_seg import THRESHOLDS  # noqa: E402
 
 
 def plot_inpainting(results: dict[str, Any], path: Path) -> Path | None:
-    """Box plots of per-image PSNR (0-255 scale) by method, one panel per cohort and channel."""
+    """Box plots of per-image PSNR (0-255 scale) by method: one row per cohort, one column per channel."""
     inp = results.get("inpainting", {})
-    panels = [(c, ch) for c, methods in inp.items() for ch in ("CT", "PET", "Multi")
-              if any(ch in m for k, m in methods.items() if not k.startswith("_"))]
-    if not panels:
+    cohorts = [c for c, methods in inp.items() if any(not k.startswith("_") for k in methods)]
+    if not cohorts:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (cohort, ch) in zip(axes[0], panels, strict=True):
-        methods = {k: v for k, v in inp[cohort].items() if not k.startswith("_") and ch in v}
-        ax.boxplot([methods[k][ch]["psnr"] for k in methods], showfliers=False)
-        ax.set_xticks(range(1, len(methods) + 1), list(methods), rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{cohort} - {ch}", fontsize=9)
-        ax.set_ylabel("PSNR (dB, 0-255)")
+    channels = ("CT", "PET", "Multi")
+    fig, axes = plt.subplots(len(cohorts), 3, figsize=(11, 3.4 * len(cohorts)), squeeze=False)
+    for r, cohort in enumerate(cohorts):
+        for c, ch in enumerate(channels):
+            ax = axes[r, c]
+            methods = {k: v for k, v in inp[cohort].items() if not k.startswith("_") and ch in v}
+            if not methods:
+                ax.axis("off")
+                continue
+            ax.boxplot([methods[k][ch]["psnr"] for k in methods], showfliers=False)
+            ax.set_xticks(range(1, len(methods) + 1), list(methods), rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{cohort} - {ch}", fontsize=9)
+            ax.set_ylabel("PSNR (dB, 0-255)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -46,8 +51,8 @@ def plot_segmentation(results: dict[str, Any], path: Path) -> Path | None:
         names = list(methods)
         for i, name in enumerate(names):
             vals = [c["dice_best"] for c in methods[name].get("cases", []) if c.get("dice_best") is not None]
-            ax.bar(i, np.mean(vals) if vals else 0.0, color="#9ecae1" if "SUV" not in name and "PET" not in name
-                   else "#fdae6b", width=0.7)
+            rule = "SUV" in name or name == "PET window sweep"
+            ax.bar(i, np.mean(vals) if vals else 0.0, color="#fdae6b" if rule else "#9ecae1", width=0.7)
             ax.scatter(np.full(len(vals), i) + np.linspace(-0.2, 0.2, len(vals)) if vals else [], vals, s=10, c="k")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1)

@@ -168,11 +168,16 @@ def calibrate(inpainter: Any, images: np.ndarray, ooi: np.ndarray, max_slices: i
 
 
 def choose_global_threshold(val_records: list[dict[str, Any]]) -> float | None:
-    """The threshold maximising the mean Dice over validation cases with a tumour (ties: lowest)."""
+    """The threshold maximising the mean Dice over validation cases with a tumour (ties: lowest).
+
+    None when there is no such case or the method finds nothing on any of them (all-zero mean curve:
+    every threshold is equally bad, so none is "chosen")."""
     curves = [r["curve"]["dice"] for r in val_records if not r.get("healthy") and "curve" in r]
     if not curves:
         return None
     mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+    if float(mean.max()) <= 0.0:
+        return None
     return float(THRESHOLDS[int(np.argmax(mean))])
 
 

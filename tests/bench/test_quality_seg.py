@@ -32,6 +32,10 @@ def test_choose_maximises_mean_dice_over_tumour_cases() -> None:
     assert choose_global_threshold(recs) == pytest.approx(0.10)
     assert choose_global_threshold([_rec(0.3), _rec(0.3), _rec(0.5)]) == pytest.approx(0.3)
     assert choose_global_threshold([_rec(0.1, healthy=True)]) is None
+    flat = _rec(0.1)
+    flat["curve"]["dice"] = [0.0] * len(THRESHOLDS)           # the method found nothing: no threshold
+    assert choose_global_threshold([flat]) is None
+    assert choose_global_threshold([flat, _rec(0.5)]) == pytest.approx(0.5)
 
 
 def test_apply_fills_dice_and_fp_volume() -> None:
