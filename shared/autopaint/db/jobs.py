@@ -204,20 +204,28 @@ def finish_job(
     return True
 
 
-def fail_job(session: Session, job_id: str, code: str, message: str) -> None:
-    """Any non-terminal state -> FAILED with an error code and message."""
+def _terminate(session: Session, job_id: str, state: JobState, **fields: object) -> bool:
+    """Any non-terminal state -> ``state`` (closing the current stage, dropping the lease, setting
+    ``fields``); False when the job is gone or already terminal."""
     job = _get(session, job_id)
     if job is None or JobState(job.state).terminal:
         session.rollback()
-        return
+        return False
     now = utcnow()
     _close_stage(job, now)
-    job.state = JobState.FAILED.value
-    job.error_code, job.error_message = code, message[:4000]
+    job.state = state.value
+    for name, value in fields.items():
+        setattr(job, name, value)
     job.finished_at = now
     job.lease_owner, job.lease_expires_at = None, None
     session.commit()
-    log.info("job %s failed: %s", job_id, code)
+    return True
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str) -> None:
+    """Any non-terminal state -> FAILED with an error code and message."""
+    if _terminate(session, job_id, JobState.FAILED, error_code=code, error_message=message[:4000]):
+        log.info("job %s failed: %s", job_id, code)
 
 
 def requeue_or_fail(session: Session, job_id: str, code: str, message: str) -> JobState:
@@ -256,17 +264,7 @@ def cancel_requested(session: Session, job_id: str) -> bool:
 
 def mark_cancelled(session: Session, job_id: str) -> None:
     """Any non-terminal state -> CANCELLED."""
-    job = _get(session, job_id)
-    if job is None or JobState(job.state).terminal:
-        session.rollback()
-        return
-    now = utcnow()
-    _close_stage(job, now)
-    job.state = JobState.CANCELLED.value
-    job.cancel_requested = True
-    job.finished_at = now
-    job.lease_owner, job.lease_expires_at = None, None
-    session.commit()
+    _terminate(session, job_id, JobState.CANCELLED, cancel_requested=True)
 
 
 def request_cancel(session: Session, job_id: str) -> JobState:
