@@ -15,6 +15,7 @@ of quadrics and tubes evaluated with numpy broadcasting inside each shape's boun
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -69,14 +70,16 @@ class Grid:
         return Grid(shape, spacing, (org[0], org[1], org[2]))
 
 
-class Shape:
+class Shape(ABC):
     """A solid in the patient frame: ``contains`` takes broadcastable x (n,1,1), y (1,m,1), z (1,1,l)."""
 
+    @abstractmethod
     def bbox(self) -> tuple[Arr, Arr]:
-        raise NotImplementedError
+        """World bounding box (lo (3,), hi (3,)) in mm."""
 
+    @abstractmethod
     def contains(self, x: Arr, y: Arr, z: Arr) -> Arr:
-        raise NotImplementedError
+        """Boolean inside-mask broadcast over the given world coordinates (mm)."""
 
 
 @dataclass
