@@ -111,7 +111,6 @@ def calibrate_screen_cmd(
     """Calibrate fast mode's screening level on healthy slices (quantile of the best grouped score)."""
     import numpy as np
 
-    from autopaint.model.checkpoint import read_card, write_card
     from autopaint.model.dataset_io import channel_index, read_manifest
     from autopaint.model.inpainter import Inpainter
     from autopaint.segment.fast import calibrate_screen
@@ -127,13 +126,19 @@ def calibrate_screen_cmd(
     cal = calibrate_screen(inp, images, ooi)
     print(json.dumps(cal, indent=2))
     if write:
-        if inp.path is None:
-            raise InvalidInput("model path unknown; cannot write its card", code="bad_arguments")
-        card = read_card(inp.path.parent)
-        card["screen_level"] = cal["screen_level"]
-        card["screen_calibration"] = cal
-        write_card(inp.path.parent, card)
-        print(f"wrote screen_level to {inp.path.parent / 'card.json'}")
+        print(f"wrote screen_level to {_update_card(inp, screen_level=cal['screen_level'], screen_calibration=cal)}")
+
+
+def _update_card(inp: Any, **fields: Any) -> Path:
+    """Set calibration ``fields`` on the loaded model's card.json (keeping its sha256); returns the path."""
+    if inp.path is None:
+        raise InvalidInput("model path unknown; cannot write its card", code="bad_arguments")
+    from autopaint.model.checkpoint import read_card, write_card
+
+    card = read_card(inp.path.parent)
+    card.update(fields)
+    write_card(inp.path.parent, card)
+    return inp.path.parent / "card.json"
 
 
 def _cohort_cases(cohort: Path, ids: list[str]) -> list[Any]:
@@ -170,7 +175,6 @@ def calibrate_threshold_cmd(
     """Pick the single global threshold (sweep 0..0.8 step 0.02) maximising mean Dice on validation patients."""
     import tempfile
 
-    from autopaint.model.checkpoint import read_card, write_card
     from autopaint.model.inpainter import Inpainter
     from autopaint.segment.calibrate import calibrate_threshold, split_cases
     from autopaint.segment.pipeline import PipelineParams
@@ -192,10 +196,5 @@ def calibrate_threshold_cmd(
     print(f"threshold {cal['threshold']:.2f}: mean Dice {cal['mean_dice']:.3f} over {len(cal['cases'])} "
           f"tumour case(s) {cal['cases']} (mode {mode})")
     if write:
-        if inp.path is None:
-            raise InvalidInput("model path unknown; cannot write its card", code="bad_arguments")
-        card = read_card(inp.path.parent)
-        card["default_threshold"] = cal["threshold"]
-        card["threshold_calibration"] = cal
-        write_card(inp.path.parent, card)
-        print(f"wrote default_threshold {cal['threshold']:.2f} to {inp.path.parent / 'card.json'}")
+        path = _update_card(inp, default_threshold=cal["threshold"], threshold_calibration=cal)
+        print(f"wrote default_threshold {cal['threshold']:.2f} to {path}")
