@@ -81,7 +81,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from autopaint.model.inpainter import Inpainter
 
-    inp = Inpainter.load(args.model, device=args.device, max_batch=64)
+    inp = Inpainter.load(args.model, device=args.device)
     refs = {r.case_id: r for r in discover(args.cohort)}
     ids = case_ids(args.cohort, args.split_of, args.split)
     params = PipelineParams(mode=args.mode, write_preview=False)  # type: ignore[arg-type]

@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5, help="first n tumour cases of the cohort")
     ap.add_argument("--model", default="thorax-petct-gconvlap-128")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=None, help="images per forward pass (default: the device's)")
     ap.add_argument("--set", action="append", default=[], help="SearchParams override, e.g. rescore_k=4")
     ap.add_argument("--ablate", type=int, default=0, help="ablate fast-mode sources on the first N cases")
     ap.add_argument("--no-exact", action="store_true", help="fast mode only")
@@ -157,7 +157,7 @@ def write_report(rows: list[dict[str, Any]], args: Any, inp: Any, search: Search
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     head = [f"# Exact vs fast autoinpainting, end to end ({len(rows)} full-size thorax phantoms of {args.cohort})", "",
             f"Command: `{cmd}`  ", f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} "
-            f"({mach['torch_threads']} threads), device {args.device}, max batch {args.max_batch}.  ",
+            f"({mach['torch_threads']} threads), device {args.device}, max batch {inp.max_batch}.  ",
             f"Model: {inp.card.get('name')} (sha256 {inp.sha256[:12]}), {fpi / 1e9:.3f} GFLOP/image; threshold "
             f"{inp.default_threshold} (card); screen level {inp.card.get('screen_level')} (card).  ",
             f"Search: {json.dumps(search.to_dict())}", "",

@@ -70,7 +70,10 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["thorax", "headneck"] = "thorax"
+    preset: Literal["thorax", "headneck", "custom"] | None = Field(
+        default=None, description="Organ-of-interest preset (thorax: lungs, headneck, custom: body); "
+        "None = the model's own preset"
+    )
     modality: Literal["ct", "pet", "petct"] | None = Field(
         default=None, description="Input channels; None = the model's modality"
     )

@@ -46,6 +46,34 @@ def test_gated_conv_is_act_features_times_sigmoid_gate() -> None:
     assert torch.allclose(layer(x), expect)
 
 
+@pytest.mark.parametrize("arch", ["gconv_lap", "gconv"])
+def test_batchnorm_folding_keeps_the_output(make_cfg, arch: str) -> None:
+    """The Inpainter folds eval-mode BN into the gated convs: same output, no BN module left."""
+    torch.manual_seed(1)
+    net = build_network(make_cfg(arch, 2))
+    net.train()
+    for _ in range(3):  # non-trivial running statistics and affine parameters
+        m = _mask(4, 32, seed=2)
+        net(torch.rand(4, 2, 32, 32) * m, m)
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(mod.bias, -0.2, 0.2)
+    net.eval()
+    x = torch.rand(3, 2, 32, 32)
+    m = _mask(3, 32, seed=3)
+    with torch.no_grad():
+        before = net(x * m, m)
+        n_bn = sum(isinstance(mod, torch.nn.BatchNorm2d) for mod in net.modules())
+        for mod in net.modules():
+            if isinstance(mod, GatedConv2d):
+                mod.fold_batchnorm()
+        after = net(x * m, m)
+    assert n_bn > 0
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in net.modules())
+    assert torch.allclose(before, after, atol=1e-5)
+
+
 def test_pconv_ignores_hole_pixels_and_updates_mask() -> None:
     torch.manual_seed(0)
     pc = PartialConv2d(2, 3, 3, 1, batch_norm=False, activation="none")

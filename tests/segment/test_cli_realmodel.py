@@ -49,7 +49,7 @@ def test_fast_and_exact_agree_with_the_demo_model() -> None:
     from autopaint.segment.engine import autoinpaint
     from autopaint.segment.metrics import dice, slice_hit_rate
 
-    inp = Inpainter.load(DEMO, device="cpu", max_batch=64)
+    inp = Inpainter.load(DEMO, device="cpu")
     level, thr = inp.card.get("screen_level"), inp.default_threshold
     assert level is not None and thr is not None, "the shipped demo model must be calibrated"
     ph = generate_case("thorax", seed=901, size="small")

@@ -135,3 +135,22 @@ def test_pipeline_errors(case: dict[str, Path], tmp_path: Path) -> None:
     assert es.value.code == "missing_suv_info"
     with pytest.raises(InvalidInput):
         load_inputs(tmp_path / "missing.nii.gz")
+
+
+def test_job_default_preset_is_the_models(case: dict[str, Path], tmp_path: Path) -> None:
+    """A service job without a preset runs the model's own organ mask (custom = body for the
+    IBSI model), not the thorax lungs."""
+    from autopaint.contracts import JobParams
+    from autopaint.imaging.preprocess import params_for
+
+    job = JobParams()
+    assert job.preset is None
+    assert JobParams(preset="custom").preset == "custom"
+    with pytest.raises(ValueError):
+        JobParams(preset="lungs")  # type: ignore[arg-type]
+    stub = _stub()
+    stub.preprocessing = params_for("custom", "petct", 128, ct_window=(-1000.0, 500.0)).to_dict()
+    inputs = load_inputs(case["ct"], case["pet"], None, case["label"], suv_already=True)
+    res = run_pipeline(inputs, PipelineParams(preset=job.preset), stub, tmp_path / "a")
+    assert res.report["params"]["preset"] == "custom"
+    assert res.report["ooi"]["voxels"] > 0

@@ -12,10 +12,6 @@ import typer
 
 from autopaint.errors import InvalidInput
 
-#: Images per forward call: on CPU 64 images of 128^2 run ~1.6x faster per image than 16 (measured,
-#: bench/results/speed.md); the engine's cross-slice batches are 64 slices' passes anyway.
-CPU_MAX_BATCH = 64
-
 
 def register(app: typer.Typer) -> None:
     """Attach this area's commands to the main app."""
@@ -79,7 +75,7 @@ def segment(
         raise InvalidInput("the PET needs --suv-already or --weight-kg/--injected-dose-bq/--delay-s",
                            code="missing_suv_info")
     inputs = load_inputs(ct, pet, organ_mask, label, suv=tags, suv_already=suv_already)
-    inpainter = Inpainter.load(model, device=device, max_batch=CPU_MAX_BATCH)
+    inpainter = Inpainter.load(model, device=device)
     params = PipelineParams(preset=preset, mode=mode, threshold=threshold)  # type: ignore[arg-type]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False) as bar:
@@ -184,7 +180,7 @@ def calibrate_threshold_cmd(
     if mode not in ("fast", "exact"):
         raise InvalidInput(f"--mode must be fast or exact, got {mode!r}", code="bad_arguments")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    inp = Inpainter.load(model, device=device, max_batch=CPU_MAX_BATCH)
+    inp = Inpainter.load(model, device=device)
     ids = [c.strip() for c in cases.split(",") if c.strip()] if cases else split_cases(inp.card, split)
     refs = _cohort_cases(cohort, ids)
     params = PipelineParams(preset=preset, mode=mode, threshold=None, write_preview=False)  # type: ignore[arg-type]

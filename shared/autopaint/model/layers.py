@@ -55,6 +55,29 @@ class GatedConv2d(nn.Module):
         feat, gate = torch.split(self.conv(x), self.out_ch, dim=1)
         return self.act(self.bn(feat)) * torch.sigmoid(gate)
 
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """Inference only: fold the (eval-mode) BN of the feature half into the conv's weights and
+        bias, so ``forward`` gives the same output without the BN pass. Irreversible; training
+        keeps the unfolded module (the Inpainter folds its own copy)."""
+        bn = self.bn
+        if not isinstance(bn, nn.BatchNorm2d):
+            return
+        assert bn.running_mean is not None and bn.running_var is not None
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        conv = self.conv
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=scale.device)
+        conv.weight[: self.out_ch] *= scale.view(-1, 1, 1, 1)
+        new_bias = bias.clone()
+        new_bias[: self.out_ch] = bias[: self.out_ch] * scale + shift
+        conv.bias = nn.Parameter(new_bias)
+        self.bn = nn.Identity()
+
 
 class PartialConv2d(nn.Module):
     """Partial convolution with the rule-based mask update (Liu et al. 2018).
