@@ -155,8 +155,10 @@ def run_cohort(plan: CohortPlan, budget: Budget, work: Path, results: dict[str, 
                                        test_ids=frozenset(ids["test"]))
         model_info[method_name(arch, modality)] = info
     ref_name = method_name("gconv_lap", "petct")
-    if model_info.get(ref_name, {}).get("source") == "shipped" and "gconv" in plan.inpaint_archs:
+    if (model_info.get(ref_name, {}).get("source") == "shipped" and "gconv" in plan.inpaint_archs
+            and model_info.get(method_name("gconv", "petct"), {}).get("source") != "shipped"):
         # the shipped model had far more training than Gconv/Pconv here: add a GconvLap with their budget
+        # (not needed when the equal-budget shipped siblings of bench/archs.py are used)
         secs = budget.train_seconds["gconv"]
         info = ensure_inpainting_model(work, dataset, plan.name, "gconv_lap", "petct", secs, budget.epochs, False,
                                        budget.size, device, held_out, tag="-short")

@@ -34,19 +34,27 @@ CHANNEL_SETS = {"CT": [0], "PET": [1], "Multi": [0, 1]}
 
 
 SHIPPED = {"thorax": DEFAULT_MODEL, "ibsi-sts": "ibsi-petct-gconvlap-128"}
+ARCH_SLUG = {"gconv_lap": "gconvlap", "gconv": "gconv", "pconv": "pconv"}
+
+
+def shipped_name(cohort: str, arch: str) -> str | None:
+    """The registered PET/CT model of ``arch`` for ``cohort``: the shipped GconvLap, or its Gconv /
+    Pconv sibling trained with the same recorded configuration (bench/archs.py)."""
+    name = SHIPPED.get(cohort)
+    return None if name is None else name.replace(ARCH_SLUG["gconv_lap"], ARCH_SLUG[arch])
 
 
 def shipped_model(cohort: str, modality: str, arch: str, size: int, held_out: set[str],
                   test_ids: set[str] | frozenset[str] = frozenset()) -> Path | None:
-    """A shipped PET/CT GconvLap model of ``models/`` for this cohort, when it fits and does not leak.
+    """A shipped PET/CT model of ``models/`` for this cohort and arch, when it fits and does not leak.
 
     It fits when its size and modality match; it leaks when a patient it was trained on
     (``training_summary.split_case_ids["train"]``) is one of ``held_out`` (our val + test patients), or
     a patient it was validated on (checkpoint selection) is one of our ``test_ids``.
     """
-    name = SHIPPED.get(cohort)
+    name = shipped_name(cohort, arch) if arch in ARCH_SLUG else None
     d = models_dir() / name if name else None
-    if d is None or (modality, arch) != ("petct", "gconv_lap") or not (d / "model.pt").is_file():
+    if d is None or modality != "petct" or not (d / "model.pt").is_file():
         return None
     try:
         inp = Inpainter.load(d, device="cpu")
