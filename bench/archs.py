@@ -70,6 +70,40 @@ def train_sibling(budget: dict[str, Any], arch: str, out: Path, threads: int) ->
     train(TrainConfig(**{k: v for k, v in fields.items() if k in valid}), progress=False)
 
 
+def train_throughput(archs: list[str], steps: int = 8, rounds: int = 3) -> dict[str, dict[int, float]]:
+    """Training images/s of the demo preset per architecture (batch 8, PET/CT, the paper loss without
+    perceptual terms), measured side by side: rounds alternate the architectures, best round kept,
+    with 1 thread and with all cores."""
+    import numpy as np
+    import torch
+
+    from autopaint.model.holes import fixed_masks
+    from autopaint.model.losses import InpaintingLoss, LossWeights
+    from autopaint.model.networks import build_network, preset_config
+    from autopaint.model.train import train_step
+
+    cpu = torch.device("cpu")
+    x = torch.from_numpy(np.random.default_rng(0).random((8, 2, 128, 128), dtype=np.float32))
+    m = torch.from_numpy(fixed_masks(8, 128, 1)).float()
+    out: dict[str, dict[int, float]] = {a: {} for a in archs}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        nets = {}
+        for a in archs:
+            torch.manual_seed(0)
+            net = build_network(preset_config("demo", a, 2))
+            weights = LossWeights.for_arch(a)
+            nets[a] = (net, InpaintingLoss(weights), torch.optim.Adam(net.parameters(), 1e-4))
+            train_step(*nets[a], x, m, cpu)  # warm-up
+        for _ in range(rounds):
+            for a in archs:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    train_step(*nets[a], x, m, cpu)
+                out[a][threads] = max(out[a].get(threads, 0.0), steps * 8 / (time.perf_counter() - t0))
+    return out
+
+
 def summary_of(model_dir: Path) -> dict[str, Any]:
     from autopaint.model.inpainter import Inpainter
 
@@ -79,6 +113,7 @@ def summary_of(model_dir: Path) -> dict[str, Any]:
     steps = int(ts.get("steps") or 0)
     wall = float(ts.get("wall_time_s") or 0.0)
     return {"path": str(model_dir), "arch": inp.arch, "steps": steps, "epochs": ts.get("epochs_completed"),
+            "epochs_planned": ts.get("epochs_planned"),
             "batch_size": cfg.get("batch_size"), "seed": ts.get("seed"), "dataset": cfg.get("dataset"),
             "train_s": wall, "train_images_per_s": steps * int(cfg.get("batch_size") or 8) / wall if wall else None,
             "val": ts.get("val_metrics"), "gflop_per_image": inp.flops_per_image / 1e9,
@@ -135,12 +170,16 @@ def render(results: dict[str, Any], cmd: str) -> str:
                   f"Budget ({r['reference']}): {b.get('epochs')} epochs, phase 2 from epoch {b.get('phase2_epoch')}, "
                   f"batch {b.get('batch_size')}, lr {b.get('lr')} / {b.get('lr_phase2')}, seed {b.get('seed')}, "
                   f"perceptual {b.get('perceptual')}, dataset `{r['dataset']}`.", "",
-                  "| model | steps | train min (CPU) | train images/s | GFLOP/image | size MB | val PSNR | sha256 |",
+                  "| model | epochs planned | kept checkpoint: epoch / steps | train min (its run) | GFLOP/image "
+                  "| size MB | val PSNR | sha256 |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, m in r["models"].items():
             val = (m.get("val") or {}).get("psnr")
-            lines.append(f"| {name} | {m['steps']} | {_f(m['train_s'] / 60)} | {_f(m['train_images_per_s'])} | "
+            lines.append(f"| {name} | {m['epochs_planned']} | {m['epochs']} / {m['steps']} | {_f(m['train_s'] / 60)} | "
                          f"{m['gflop_per_image']:.3f} | {m['size_mb']:.1f} | {_f(val, 2)} | {m['sha256'][:12]} |")
+        lines += ["", "The kept checkpoint is the best validation epoch of the planned ones. Training wall times "
+                  "come from different runs (the GconvLap models in an earlier session under load 3-9, the "
+                  "siblings two at a time on one core each): compare speed in the throughput table below.", ""]
         q = {k: v for k, v in r["quality"].items() if not k.startswith("_")}
         secs = r["quality"]["_seconds"]
         lines += ["", inpainting_table(q), "",
@@ -176,9 +215,17 @@ def main() -> None:
         return
     results = {c: run_cohort(c, args) for c in cohorts}
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    load = os.getloadavg()[0]
+    speed = train_throughput(list(ARCH_NAME))
+    text = render(results, cmd)
+    text += ("\n## Training throughput, demo preset (128², batch 8, PET/CT), this CPU, side by side\n\n"
+             f"Images/s, best of 3 alternating rounds of 8 steps; load average before: {load:.2f}.\n\n"
+             "| model | 1 thread | all cores |\n|---|---|---|\n"
+             + "".join(f"| {ARCH_NAME[a]} | {v.get(1, 0):.1f} | {v.get(max(v), 0):.1f} ({max(v)} threads) |\n"
+                       for a, v in speed.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(results, cmd))
-    doc = {"command": cmd, "load_avg": os.getloadavg(), "results": results}
+    args.out.write_text(text)
+    doc = {"command": cmd, "load_avg": os.getloadavg(), "train_images_per_s": speed, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     print(args.out.read_text())
 
