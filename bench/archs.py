@@ -14,10 +14,10 @@ held-out test patients' healthy slices of the same dataset, one fixed seeded irr
 scikit-image biharmonic inpainting on the same holes, Wilcoxon signed-rank p-values (paired by image)
 against GconvLap.
 
-    .venv/bin/python bench/archs.py [--cohort thorax --cohort ibsi-sts] [--train] [--max-images 400]
+    .venv/bin/python bench/archs.py [--cohort thorax --cohort headneck --cohort ibsi-sts] [--train] [--max-images 400]
 
-Needs the datasets the shipped models were trained on (README, "Shipped models"): work/ds-thorax-petct-128
-and work/ds-ibsi-petct-128. Writes bench/results/archs.md and archs.json.
+Needs the datasets the shipped models were trained on (README, "Shipped models"): work/ds-thorax-petct-128,
+work/ds-headneck-petct-128 and work/ds-ibsi-petct-128. Writes bench/results/archs.md and archs.json.
 """
 
 from __future__ import annotations

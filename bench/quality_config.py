@@ -2,9 +2,9 @@
 
 ``small`` is sized for ~30-40 minutes on an otherwise idle 2-core CPU: phantom cohorts at
 ``size="small"`` (256 x 256 x 40 CT), 128 x 128 model images, the shipped equal-budget PET/CT models
-(GconvLap, Gconv, Pconv) for the thorax and IBSI cohorts, time-budgeted trainings of 30-90 s per other
-model, fast mode for every segmentation (autoinpainting with all three PET/CT networks on thorax and
-IBSI, GconvLap on CT and PET alone and on head-and-neck) and exact mode on the 3 most tumour-laden slices of two thorax test
+(GconvLap, Gconv, Pconv) for every cohort, time-budgeted trainings of 30-90 s per other model (thorax
+CT- and PET-only GconvLap, dAE, VAE), fast mode for every segmentation (autoinpainting with all three
+PET/CT networks, GconvLap on CT and PET alone on thorax) and exact mode on the 3 most tumour-laden slices of two thorax test
 patients. ``paper`` is meant for a
 GPU: larger cohorts, every modality x architecture, longer trainings, exact mode on whole volumes.
 """
@@ -79,7 +79,7 @@ SMALL = Budget(
         CohortPlan(
             name="headneck", kind="headneck", preset="headneck", n=14, seed=7002, healthy_fraction=0.2,
             split=(0.55, 0.15, 0.3), inpaint_archs=("gconv_lap", "gconv", "pconv"),
-            seg={"petct": ("gconv_lap",)},
+            seg={"petct": ("gconv_lap", "gconv", "pconv")},
         ),
         CohortPlan(
             name="ibsi-sts", kind="ibsi-sts", preset="custom", ct_window=(-200.0, 200.0), source="ibsi-sts",
@@ -87,9 +87,9 @@ SMALL = Budget(
             seg={"petct": ("gconv_lap", "gconv", "pconv")},
         ),
     ),
-    # equal seconds per inpainting architecture where a cohort has no shipped equal-budget models
-    # (head-and-neck); thorax and IBSI use the shipped GconvLap and its Gconv/Pconv siblings, trained
-    # with the same recorded configuration (bench/archs.py)
+    # equal seconds per inpainting architecture where a cohort has no shipped equal-budget models (CT-
+    # and PET-only models); the PET/CT networks of every cohort are the shipped GconvLap and its
+    # Gconv/Pconv siblings, trained with the same recorded configuration (bench/archs.py)
     train_seconds={"gconv_lap": 90.0, "gconv": 90.0, "pconv": 90.0, "dae": 30.0, "vae": 30.0},
     epochs=200,
     max_inpaint_images=48,

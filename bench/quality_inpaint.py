@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 CHANNEL_SETS = {"CT": [0], "PET": [1], "Multi": [0, 1]}
 
 
-SHIPPED = {"thorax": DEFAULT_MODEL, "ibsi-sts": "ibsi-petct-gconvlap-128"}
+SHIPPED = {"thorax": DEFAULT_MODEL, "headneck": "headneck-petct-gconvlap-128", "ibsi-sts": "ibsi-petct-gconvlap-128"}
 ARCH_SLUG = {"gconv_lap": "gconvlap", "gconv": "gconv", "pconv": "pconv"}
 
 

@@ -129,12 +129,12 @@ def render_markdown(results: dict[str, Any]) -> str:
               "anatomy are simplified), the real cohort is IBSI soft-tissue sarcoma of the limbs (not chest or "
               "head-and-neck; each study is cropped 5 cm around the tumour, so few healthy slices), splits are by "
               "patient and only healthy slices train the networks. Models marked \"shipped\" in the table below are "
-              "the registered models of `models/` (for thorax and IBSI: GconvLap and its Gconv / Pconv siblings "
-              "trained with the same recorded configuration, bench/archs.py - an equal budget of 5 and 24 epochs); "
-              "every other network is trained here for a fixed, equal wall-clock time per architecture "
-              f"(GconvLap/Gconv/Pconv {ts.get('gconv_lap', '?'):.0f} s, dAE/VAE {ts.get('dae', '?'):.0f} s), "
-              "which is far too short for head-and-neck (no shipped model): its rows show an untrained network, "
-              "not the method. Images are 128 x 128, test sets have a handful of patients, so p-values are weak "
+              "the registered models of `models/` (per cohort: GconvLap and its Gconv / Pconv siblings trained "
+              "with the same recorded configuration, bench/archs.py - an equal budget of a few epochs, trained "
+              "on other patients than the ones here); every other network is trained here for a fixed wall-clock "
+              f"time (inpainting networks {ts.get('gconv_lap', '?'):.0f} s, dAE/VAE {ts.get('dae', '?'):.0f} s), "
+              "far too short to judge them by. Images are 128 x 128, test sets have a handful of patients, so "
+              "p-values are weak "
               "(with 5 pairs the smallest possible two-sided Wilcoxon p is 0.0625). Reproduce with the command "
               "above.", ""]
     if results.get("errors") or results.get("skipped"):
