@@ -22,7 +22,8 @@ def test_sibling_names() -> None:
     assert shipped_name("thorax", "gconv_lap") == "thorax-petct-gconvlap-128"
     assert shipped_name("thorax", "pconv") == "thorax-petct-pconv-128"
     assert shipped_name("ibsi-sts", "gconv") == "ibsi-petct-gconv-128"
-    assert shipped_name("headneck", "gconv") is None
+    assert shipped_name("headneck", "gconv") == "headneck-petct-gconv-128"
+    assert shipped_name("openkbp", "gconv") is None
 
 
 @pytest.mark.parametrize("cohort", sorted(SHIPPED))
