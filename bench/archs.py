@@ -178,8 +178,8 @@ def render(results: dict[str, Any], cmd: str) -> str:
             lines.append(f"| {name} | {m['epochs_planned']} | {m['epochs']} / {m['steps']} | {_f(m['train_s'] / 60)} | "
                          f"{m['gflop_per_image']:.3f} | {m['size_mb']:.1f} | {_f(val, 2)} | {m['sha256'][:12]} |")
         lines += ["", "The kept checkpoint is the best validation epoch of the planned ones. Training wall times "
-                  "come from different runs (the GconvLap models in an earlier session under load 3-9, the "
-                  "siblings two at a time on one core each): compare speed in the throughput table below.", ""]
+                  "come from each model's own run, under different loads (README, 'Shipped models'): compare "
+                  "speed in the throughput table below.", ""]
         q = {k: v for k, v in r["quality"].items() if not k.startswith("_")}
         secs = r["quality"]["_seconds"]
         lines += ["", inpainting_table(q), "",
