@@ -46,13 +46,16 @@ log = logging.getLogger("bench.archs")
 
 
 def budget_of(model_dir: Path) -> dict[str, Any]:
-    """The training configuration recorded in a model's checkpoint (the equal budget)."""
+    """The training configuration recorded in a model's checkpoint (the equal budget), its dataset
+    path made absolute (checkpoints record it as given, relative to the repository root)."""
     from autopaint.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model_dir / "model.pt")
     cfg = dict(ckpt["training_summary"].get("train_config") or {})
     if not cfg:
         raise SystemExit(f"{model_dir} records no train_config: cannot reproduce its budget")
+    dataset = Path(cfg["dataset"])
+    cfg["dataset"] = str(dataset if dataset.is_absolute() else REPO / dataset)
     return cfg
 
 
@@ -127,8 +130,6 @@ def run_cohort(cohort: str, args: argparse.Namespace) -> dict[str, Any]:
     ref_dir = models_dir() / SHIPPED[cohort]
     budget = budget_of(ref_dir)
     dataset = Path(budget["dataset"])
-    if not dataset.is_absolute():
-        dataset = REPO / dataset
     if not (dataset / "test.npz").is_file():
         raise SystemExit(f"{dataset} is missing: build it first (README, 'Shipped models')")
     dirs = {"gconv_lap": ref_dir}
@@ -138,7 +139,7 @@ def run_cohort(cohort: str, args: argparse.Namespace) -> dict[str, Any]:
             if not args.train:
                 raise SystemExit(f"{d} is missing: run with --train (trains it with {SHIPPED[cohort]}'s budget)")
             log.info("training %s with the budget of %s", d.name, ref_dir.name)
-            train_sibling({**budget, "dataset": str(dataset)}, arch, d, args.threads)
+            train_sibling(budget, arch, d, args.threads)
         dirs[arch] = d
     models = {ARCH_NAME[a]: summary_of(d) for a, d in dirs.items()}
     test = load_split(dataset, "test")
@@ -205,13 +206,9 @@ def main() -> None:
         from autopaint.paths import models_dir
 
         for c in cohorts:
-            ref = models_dir() / SHIPPED[c]
             d = models_dir() / str(shipped_name(c, args.only_train))
             if not (d / "model.pt").is_file():
-                budget = budget_of(ref)
-                ds = Path(budget["dataset"])
-                budget["dataset"] = str(ds if ds.is_absolute() else REPO / ds)
-                train_sibling(budget, args.only_train, d, args.threads)
+                train_sibling(budget_of(models_dir() / SHIPPED[c]), args.only_train, d, args.threads)
         return
     results = {c: run_cohort(c, args) for c in cohorts}
     cmd = "python " + " ".join(shlex.quote(a) for a in sys.argv)
