@@ -95,3 +95,18 @@ def pet_window_map(suv: np.ndarray, organ_mask: np.ndarray, suv_window: tuple[fl
     if hi <= lo:
         raise ValueError(f"bad SUV window {suv_window}")
     return np.where(organ, np.clip((s - lo) / (hi - lo), 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def percist_threshold(suv: np.ndarray, organ_mask: np.ndarray, ct: np.ndarray | None,
+                      affine: np.ndarray) -> tuple[np.ndarray, float, str]:
+    """PERCIST-style reference threshold: ``SUV >= 1.5 x reference mean + 2 SD`` inside the OOI.
+
+    The reference is the patient's own (:func:`autopaint.segment.hotspot.reference_uptake`: a 3 cm
+    liver sphere, else body soft tissue); SUV is body-weight SUV, not SUL. Returns (mask, threshold in
+    SUV, reference region)."""
+    from autopaint.segment.hotspot import reference_uptake
+
+    s, organ = _check(suv, organ_mask)
+    ref = reference_uptake(s, ct, affine)
+    t = ref.percist()
+    return (s >= t) & organ, t, ref.region

@@ -97,4 +97,4 @@ def calibrate_threshold(inpainter: InpainterLike, cases: CaseSource, params: Pip
     return {"threshold": threshold, "mean_dice": float(mean[i]), "thresholds": [float(t) for t in ts],
             "mean_dice_per_threshold": [round(float(d), 6) for d in mean], "cases": sorted(curves),
             "healthy_cases": sorted(healthy_resid), "per_case": per_case, "mode": params.mode,
-            "screen_level": screen, "search": params.search.to_dict()}
+            "screen_level": screen, "search": params.accuracy(inpainter).search.to_dict()}

@@ -30,7 +30,8 @@ import numpy as np
 
 from autopaint.errors import Cancelled
 from autopaint.segment.fast import fallback_level, grouped_scores, screen_score
-from autopaint.segment.refine import combine_channels, run_ladder, size_filter
+from autopaint.segment.guided import grow_until_covered, hotspot_search
+from autopaint.segment.refine import ResidualRule, run_ladder, size_filter
 from autopaint.segment.search import (
     Circles,
     abs_diff,
@@ -125,7 +126,8 @@ def rescore_batch(inpainter: InpainterLike, images: np.ndarray, circles: dict[in
 def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.ndarray, geom: Geometry,
                        params: SearchParams, sources: frozenset[str], grouped: dict[int, np.ndarray],
                        slices: dict[int, dict[str, Any]], unions: np.ndarray, out: np.ndarray,
-                       final_masks: np.ndarray, batch: int, coarse: frozenset[int] = frozenset()) -> None:
+                       final_masks: np.ndarray, batch: int, rule: ResidualRule,
+                       coarse: frozenset[int] = frozenset()) -> None:
     """Full search (grouped completion + re-scoring, or exact) -> top-k union -> ladder -> size
     filter for the slices ``todo``; fills ``unions``, ``out``, ``final_masks`` and ``slices`` in place.
     Slices in ``coarse`` take the top-k of their screen scores as they are (no more scoring passes)."""
@@ -185,9 +187,27 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
         for j, k in enumerate(chunk):
             final_masks[k] = lad.masks[j]
             out[k], kept, area = size_filter(images[k], lad.inpainted[j], lad.masks[j],
-                                             params.residual_level, geom.min_area, params.combine)
+                                             params.residual_level, geom.min_area, rule)
             slices[k].update(rung=int(lad.rung[j]), rungs_run=int(lad.rungs_run[j]), kept=bool(kept),
                              largest_component_px=area)
+        if params.coverage_passes > 0:
+            kept_idx = [j for j, k in enumerate(chunk) if slices[k]["kept"]]
+            if kept_idx:
+                ks = [chunk[j] for j in kept_idx]
+                grown, painted, passes = grow_until_covered(
+                    inpainter, images[ks], final_masks[ks], out[ks], rule, params, geom.hot_margin)
+                final_masks[ks], out[ks] = grown, painted
+                for k, p in zip(ks, passes, strict=True):
+                    slices[k]["coverage_passes"] = int(p)
+        if params.gate_level is not None:
+            res = rule(images[chunk], out[chunk])
+            for j, k in enumerate(chunk):
+                m = final_masks[k]
+                score = float(res[j][m].mean()) if m.any() else 0.0
+                slices[k]["gate_score"] = round(score, 5)
+                if slices[k]["kept"] and score <= params.gate_level:
+                    out[k] = images[k]
+                    slices[k]["kept"] = False
         done += len(chunk)
         ctx.report("ladder", done, len(todo), "slices")
     ctx.count("ladder", before)
@@ -198,13 +218,17 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
                 params: SearchParams | None = None, mode: Mode = "fast",
                 screen_level: float | None = None, sources: frozenset[str] | None = None,
                 progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                hot: np.ndarray | None = None, pet_channel: int | None = None,
                 ) -> AutoinpaintResult:
     """Autoinpaint a volume's slices. ``images`` (K, C, N, N) float32 [0, 1]; ``ooi`` (K, N, N) bool.
 
     ``mode="exact"``: every OOI slice gets the full circle search (one circle per pass), the
     six-rung ladder and the size filter. ``mode="fast"``: ``sources`` (default all of
     :data:`FAST_SOURCES`). ``screen_level``: calibrated level (card["screen_level"]); None uses the
-    volume's own robust fallback (:func:`fast.fallback_level`).
+    volume's own robust fallback (:func:`fast.fallback_level`). ``params.candidates``: "sweep" runs
+    the above; "hotspot" only the PET-guided circles on ``hot`` ((K, N, N) bool hot-spot map, with
+    ``pet_channel`` the PET channel of ``images``); "both" runs both and keeps, per pixel, the larger
+    residual. ``params.sign``/``channel_weights`` set the residual rule (:class:`refine.ResidualRule`).
     """
     params = params or SearchParams()
     if sources is None:
@@ -216,9 +240,15 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
     if ooi.shape != (k_count, n, n):
         raise ValueError(f"ooi shape {ooi.shape} does not match images {images.shape}")
     geom = Geometry.for_size(params, n)
+    rule = params.residual_rule(pet_channel)
+    extra: dict[str, Any] = {"geometry": asdict(geom), "n_channels": n_ch}
+    if params.candidates == "hotspot":
+        ooi_sweep = np.zeros_like(ooi)  # no organ-wide sweep: only the hot-spot path below
+    else:
+        ooi_sweep = ooi
     ctx = _Ctx(inpainter, progress, should_cancel)
     batch = params.slice_batch if "batch" in sources else 1
-    ooi_slices = [k for k in range(k_count) if ooi[k].any()]
+    ooi_slices = [k for k in range(k_count) if ooi_sweep[k].any()]
     slices: dict[int, dict[str, Any]] = {k: {"k": k, "flagged": False} for k in ooi_slices}
     use_grouped = bool({"screen", "grouped"} & sources)
 
@@ -272,9 +302,29 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
     todo = sorted(set(flagged) | coarse)
     if todo:
         _search_and_refine(ctx, todo, images, ooi, geom, params, sources, grouped, slices, unions,
-                           out, final_masks, batch, coarse)
+                           out, final_masks, batch, rule, coarse)
+    residual = rule(images, out)
+    if hot is not None and params.candidates in ("hotspot", "both"):
+        if pet_channel is None:
+            raise ValueError("hot-spot candidates need a model with a PET channel")
+        t0, before = time.perf_counter(), inpainter.images_inpainted
 
-    residual = combine_channels(np.abs(images - out), params.combine).astype(np.float32)
+        def on_chunk(done: int, total: int) -> None:
+            ctx.check()
+            ctx.report("hotspot", done, total, "slices")
+
+        h_unions, h_out, cands, passes = hotspot_search(
+            inpainter, images, hot, ooi, pet_channel, geom, params, rule, batch, on_chunk=on_chunk)
+        ctx.count("hotspot", before)
+        ctx.timings["hotspot"] = time.perf_counter() - t0
+        h_res = rule(images, h_out)
+        take = h_res > residual
+        residual = np.where(take, h_res, residual)
+        out = np.where(take[:, None], h_out, out)
+        unions |= h_unions
+        extra["candidates"] = [c.record() for c in cands]
+        extra["coverage_passes"] = passes
+    residual = residual.astype(np.float32)
     residual *= ooi
     np.clip(residual, 0.0, 1.0, out=residual)
     return AutoinpaintResult(
@@ -282,5 +332,5 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
         slices=[slices[k] for k in ooi_slices], counters=ctx.counters,
         flops=int(ctx.counters.total * int(inpainter.flops_per_image)), timings=ctx.timings,
         mode=mode, sources=sorted(sources), screen_level=level if level is None or math.isfinite(level)
-        else None, level_source=level_source, extra={"geometry": asdict(geom), "n_channels": n_ch},
+        else None, level_source=level_source, extra=extra,
     )

@@ -11,20 +11,26 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.imaging.volume import Volume
+from autopaint.segment.delineate import DelineationParams, delineate
 from autopaint.segment.engine import AutoinpaintResult, autoinpaint
+from autopaint.segment.hotspot import ReferenceUptake, hot_map, reference_uptake
 from autopaint.segment.lesions import lesion_table
-from autopaint.segment.metrics import segmentation_metrics, slice_hit_rate
+from autopaint.segment.metrics import lesion_metrics, segmentation_metrics, slice_hit_rate
 from autopaint.segment.outputs import (
     sha256_file,
 )
-from autopaint.segment.thresholds import apply_threshold, resolve_threshold, sweep
+from autopaint.segment.profile import Accuracy, HotspotGate, Profile, resolve
+from autopaint.segment.thresholds import resolve_threshold, sweep
 from autopaint.segment.types import CancelFn, InpainterLike, Mode, ProgressEvent, ProgressFn, SearchParams
+
+if TYPE_CHECKING:
+    from autopaint.imaging.preprocess import PreparedCase
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +55,34 @@ class PipelineParams:
     None = the model's own preset (its checkpoint's preprocessing; thorax when it has none). The CT
     window and every other preprocessing parameter always come from the checkpoint. ``mode``
     fast|exact; ``threshold`` None = model card default (else :data:`thresholds.FALLBACK_THRESHOLD`);
-    ``screen_level`` None = the card's ``screen_level`` (else the volume's own fallback); ``search``:
-    engine parameters; ``sources``: fast-mode sources to use (None = all; ablation studies)."""
+    ``screen_level`` None = the card's ``screen_level`` (else the volume's own fallback); ``profile``
+    "default" (the model card's measured accuracy configuration, :mod:`.profile`) or "paper" (the
+    paper's search and residual-threshold mask); ``search``/``delineation``/``hotspot``: explicit
+    parts that replace the profile's; ``sources``: fast-mode sources to use (None = all; ablations)."""
 
     preset: str | None = None
     mode: Mode = "fast"
     threshold: float | None = None
     screen_level: float | None = None
-    search: SearchParams = field(default_factory=SearchParams)
+    profile: Profile = "default"
+    search: SearchParams | None = None
+    delineation: DelineationParams | None = None
+    hotspot: HotspotGate | None = None
     write_preview: bool = True
     sources: tuple[str, ...] | None = None
 
+    def accuracy(self, inpainter: InpainterLike) -> Accuracy:
+        """The resolved accuracy configuration for a model. Exact mode always runs the paper's
+        exhaustive sweep: a hot-spot-only search becomes "both" (sweep + hot spots) there."""
+        acc = resolve(self.profile, inpainter.card, self.search, self.delineation, self.hotspot,
+                      inpainter.default_threshold)
+        if self.mode == "exact" and acc.search.candidates == "hotspot":
+            acc = replace(acc, search=replace(acc.search, candidates="both"))
+        return acc
+
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "mode": self.mode, "threshold": self.threshold,
-                "screen_level": self.screen_level, "search": self.search.to_dict(),
+                "screen_level": self.screen_level, "profile": self.profile,
                 "write_preview": self.write_preview,
                 "sources": None if self.sources is None else sorted(self.sources)}
 
@@ -173,7 +193,7 @@ def organ_of_interest(inputs: PipelineInputs, reference: Volume, preset: str) ->
     return ooi
 
 
-def _screen_level(params: PipelineParams, inpainter: InpainterLike) -> float | None:
+def _screen_level(params: PipelineParams, search: SearchParams, inpainter: InpainterLike) -> float | None:
     """Explicit level, else the card's when it was calibrated with the same search geometry."""
     if params.screen_level is not None:
         return params.screen_level
@@ -183,7 +203,7 @@ def _screen_level(params: PipelineParams, inpainter: InpainterLike) -> float | N
         return None
     cal = (card.get("screen_calibration") or {}).get("search") or {}
     keys = ("radius_px", "stride_px", "group_period", "screen_subsample", "score")
-    mine = params.search.to_dict()
+    mine = search.to_dict()
     if cal and any(cal.get(k) != mine[k] for k in keys):
         log.warning("card screen_level was calibrated with other search parameters; using fallback")
         return None
@@ -217,18 +237,10 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     timings["organ_mask"] = time.perf_counter() - t0
     _check(should_cancel)
 
-    screen_level = _screen_level(params, inpainter)
-    eng = autoinpaint(case.images, ooi_model, inpainter, params.search, params.mode,
-                      screen_level=screen_level, progress=progress, should_cancel=should_cancel,
-                      sources=None if params.sources is None else frozenset(params.sources))
-    timings.update({f"autoinpaint_{k}": v for k, v in eng.timings.items()})
-    _check(should_cancel)
-
+    seg = segment_prepared(case, ooi, ooi_model, params, inpainter, progress, should_cancel)
+    eng, residual, mask, threshold = seg.engine, seg.residual, seg.mask, seg.threshold
+    timings.update(seg.timings)
     t1 = time.perf_counter()
-    residual = np.clip(case.to_reference(eng.residual, order=1), 0.0, 1.0).astype(np.float32)
-    residual[~ooi] = 0.0
-    threshold, thr_source = resolve_threshold(params.threshold, inpainter.default_threshold)
-    mask = apply_threshold(residual, threshold)
     ref = case.reference
     suv = case.pet_on_ref
     lesions = lesion_table(ref.with_data(mask), suv)
@@ -237,6 +249,7 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
         lab = _on_reference(inputs.label, ref)
         lab_model = case.mask_to_model(lab)
         metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab),
+                   "lesionwise": lesion_metrics(mask > 0, lab, ref.voxel_volume_ml),
                    "slice_hit_rate": slice_hit_rate(eng.unions, lab_model, np.asarray(ooi_model.any(axis=(1, 2)))),
                    "tumour_slices": int(lab_model.any(axis=(1, 2)).sum())}
     timings["threshold_lesions"] = time.perf_counter() - t1
@@ -249,7 +262,11 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
         "model": {"sha256": inpainter.sha256, "modality": inpainter.modality, "size": inpainter.size,
                   "name": (inpainter.card or {}).get("name"), "flops_per_image": int(inpainter.flops_per_image)},
         "params": {**params.to_dict(), "preset": preset}, "preprocessing": pp.to_dict(),
-        "threshold": {"value": threshold, "source": thr_source},
+        "accuracy": seg.accuracy.to_dict(),
+        "reference_uptake": None if seg.reference is None else seg.reference.to_dict(),
+        "hotspot_gate_suv": seg.gate_suv, "candidates": eng.extra.get("candidates"),
+        "delineation": seg.delineated,
+        "threshold": {"value": threshold, "source": seg.threshold_source},
         "screen": {"level": eng.screen_level, "source": eng.level_source},
         "forward_passes": {"total": eng.counters.total, **eng.counters.images},
         "flops": eng.flops, "geometry": eng.extra["geometry"],
@@ -264,6 +281,78 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
                           lesions=lesions, mask=mask, residual=residual, engine=eng)
 
 
-def with_search(params: PipelineParams, **changes: Any) -> PipelineParams:
-    """Copy of ``params`` with some :class:`SearchParams` fields changed."""
-    return replace(params, search=replace(params.search, **changes))
+@dataclass
+class Segmentation:
+    """What :func:`segment_prepared` finds on a prepared case: the engine result, the residual and the
+    final mask (uint8) on the reference grid, the threshold and where it came from, the resolved
+    accuracy configuration, the reference uptake and hot-spot gate (SUV) when hot spots were used,
+    one record per delineated lesion (None without delineation), and stage timings."""
+
+    engine: AutoinpaintResult
+    residual: np.ndarray
+    mask: np.ndarray
+    threshold: float
+    threshold_source: str
+    accuracy: Accuracy
+    reference: ReferenceUptake | None
+    gate_suv: float | None
+    delineated: list[dict[str, float]] | None
+    timings: dict[str, float]
+
+
+def segment_prepared(case: PreparedCase, ooi: np.ndarray, ooi_model: np.ndarray, params: PipelineParams,
+                     inpainter: InpainterLike, progress: ProgressFn | None = None,
+                     should_cancel: CancelFn | None = None, engine: AutoinpaintResult | None = None,
+                     ) -> Segmentation:
+    """Autoinpaint a prepared case and turn the residual into the final mask (no files written).
+
+    ``ooi`` bool (I, J, K) on the reference grid, ``ooi_model`` its (K, N, N) model-grid version.
+    ``engine``: a result of the same case and search to reuse (calibration varies only what follows)."""
+    acc = params.accuracy(inpainter)
+    screen_level = _screen_level(params, acc.search, inpainter)
+    pet_channel = case.params.channels.index("pet") if "pet" in case.params.channels else None
+    hot_ref, hot, reference, gate = hot_spots(case, ooi, acc)
+    eng = engine or autoinpaint(case.images, ooi_model, inpainter, acc.search, params.mode,
+                                screen_level=screen_level, progress=progress, should_cancel=should_cancel,
+                                sources=None if params.sources is None else frozenset(params.sources),
+                                hot=hot, pet_channel=pet_channel)
+    timings = {f"autoinpaint_{k}": v for k, v in eng.timings.items()}
+    _check(should_cancel)
+    t1 = time.perf_counter()
+    residual = np.clip(case.to_reference(eng.residual, order=1), 0.0, 1.0).astype(np.float32)
+    residual[~ooi] = 0.0
+    threshold, thr_source = resolve_threshold(params.threshold, acc.threshold)
+    det = residual > threshold
+    if hot_ref is not None and acc.search.candidates == "hotspot":
+        det &= hot_ref  # a hot-spot detection is where the scan is hot, not anywhere in its circle
+    mask, delineated = _final_mask(det, case, ooi, acc)
+    timings["delineate"] = time.perf_counter() - t1
+    return Segmentation(eng, residual, mask, threshold, thr_source, acc, reference, gate, delineated, timings)
+
+
+def hot_spots(case: PreparedCase, ooi: np.ndarray, acc: Accuracy
+               ) -> tuple[np.ndarray | None, np.ndarray | None, ReferenceUptake | None, float | None]:
+    """(hot-spot map on the reference grid, on the model grid (K, N, N), reference uptake, gate SUV)
+    when the search uses hot spots (all None otherwise)."""
+    if acc.search.candidates == "sweep" or case.pet_on_ref is None:
+        return None, None, None, None
+    suv = np.asarray(case.pet_on_ref.data)
+    ct = None if case.ct_on_ref is None else np.asarray(case.ct_on_ref.data)
+    ref = reference_uptake(suv, ct, case.reference.affine)
+    gate = acc.hotspot.gate_suv if acc.hotspot.gate_suv is not None else ref.gate(acc.hotspot.k,
+                                                                                   acc.hotspot.floor_suv)
+    hot = hot_map(suv, ooi, gate)
+    log.info("hot spots: gate %.2f SUV (%s reference %.2f +- %.2f), %d voxels", gate, ref.region, ref.mean,
+             ref.sd, int(hot.sum()))
+    return hot, case.slice_to_model(hot.astype(np.float32), order=1) >= 0.5, ref, float(gate)
+
+
+def _final_mask(det: np.ndarray, case: PreparedCase, ooi: np.ndarray,
+                acc: Accuracy) -> tuple[np.ndarray, list[dict[str, float]] | None]:
+    """The detections, each delineated and consolidated when the configuration says so (uint8)."""
+    if acc.delineation is None:
+        return det.astype(np.uint8), None
+    suv = None if case.pet_on_ref is None else np.asarray(case.pet_on_ref.data)
+    ct = None if case.ct_on_ref is None else np.asarray(case.ct_on_ref.data)
+    mask, recs = delineate(det, suv, ooi, case.reference.spacing, acc.delineation, ct)
+    return mask.astype(np.uint8), recs

@@ -107,8 +107,41 @@ def run_ladder(inpainter: InpainterLike, images: np.ndarray, unions: np.ndarray,
 
 
 def combine_channels(diff_c: np.ndarray, how: str) -> np.ndarray:
-    """|input - inpainted| per channel (..., C, N, N) -> (..., N, N) by mean or max over channels."""
+    """Per-channel residual (..., C, N, N) -> (..., N, N) by mean or max over channels."""
     return diff_c.max(axis=-3) if how == "max" else diff_c.mean(axis=-3)
+
+
+@dataclass(frozen=True)
+class ResidualRule:
+    """How input and inpainted images become one residual map (issue #11, part 2).
+
+    ``sign="abs"``: |input - inpainted| on every channel (the paper). ``"hyper"``: on the PET channel
+    ``pet_channel`` only the excess counts, max(input - inpainted, 0) (hyper-metabolism; a repaint
+    hotter than the scan is not a tumour); CT stays absolute. ``weights``: one factor per channel
+    (None = 1). ``combine``: mean or max over channels.
+    """
+
+    combine: str = "mean"
+    sign: str = "abs"
+    pet_channel: int | None = None
+    weights: tuple[float, ...] | None = None
+
+    def per_channel(self, images: np.ndarray, inpainted: np.ndarray) -> np.ndarray:
+        """(..., C, N, N) residual per channel, >= 0."""
+        diff = np.asarray(images, dtype=np.float32) - np.asarray(inpainted, dtype=np.float32)
+        out = np.abs(diff)
+        if self.sign == "hyper" and self.pet_channel is not None:
+            out[..., self.pet_channel, :, :] = np.maximum(diff[..., self.pet_channel, :, :], 0.0)
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float32)
+            if w.size != out.shape[-3]:
+                raise ValueError(f"{w.size} channel weights for {out.shape[-3]} channels")
+            out *= w.reshape((-1, 1, 1))
+        return out
+
+    def __call__(self, images: np.ndarray, inpainted: np.ndarray) -> np.ndarray:
+        """(..., C, N, N) input and inpainted -> (..., N, N) combined residual."""
+        return combine_channels(self.per_channel(images, inpainted), self.combine)
 
 
 def largest_component_area(binary: np.ndarray) -> int:
@@ -121,14 +154,14 @@ def largest_component_area(binary: np.ndarray) -> int:
 
 
 def size_filter(image: np.ndarray, inpainted: np.ndarray, mask: np.ndarray, level: float,
-                min_area: float, combine: str = "mean") -> tuple[np.ndarray, bool, int]:
+                min_area: float, rule: ResidualRule | None = None) -> tuple[np.ndarray, bool, int]:
     """Keep the inpainted slice only when its largest residual component is big enough.
 
     ``image``/``inpainted`` (C, N, N) in [0, 1]; ``mask`` (N, N) the final ladder mask. The residual
-    (channels combined by ``combine``) is binarised at ``level`` inside ``mask``; returns
-    (output slice, kept, largest component area in px). Kept when area >= ``min_area``.
+    (``rule``, default: the paper's |difference| averaged over channels) is binarised at ``level``
+    inside ``mask``; returns (output slice, kept, largest component area in px). Kept when area >= ``min_area``.
     """
-    resid = combine_channels(np.abs(image - inpainted), combine)
+    resid = (rule or ResidualRule())(image, inpainted)
     area = largest_component_area((resid >= level) & mask)
     kept = area >= min_area
     return (inpainted if kept else image), kept, area

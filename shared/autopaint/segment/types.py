@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from autopaint.segment.refine import ResidualRule
 
 #: The paper works on 512 x 512 slices; every pixel size below is given on that grid and
 #: scaled to the model grid N by N / 512.
@@ -22,6 +25,9 @@ Mode = Literal["fast", "exact"]
 ScoreKind = Literal["sum", "mean"]
 Combine = Literal["mean", "max"]
 Unflagged = Literal["skip", "coarse"]
+Candidates = Literal["sweep", "hotspot", "both"]
+Sign = Literal["abs", "hyper"]
+GateScope = Literal["candidate", "lesion"]
 
 
 @runtime_checkable
@@ -66,6 +72,17 @@ class SearchParams:
     the OOI slices the screen does not flag get: "skip" (output = input; neighbour growth applies) or
     "coarse" (the top-k of their screen scores, on the screen's coarser grid, go through the ladder
     and size filter: no extra scoring passes, ladder passes only).
+
+    Accuracy parts (issue #11; the defaults reproduce the paper's search): ``candidates`` "sweep" (the
+    organ-wide circle sweep), "hotspot" (circles seeded on the PET hot-spot map given to the engine:
+    one circle per 2-D hot component, centred on its hottest pixel, radius = its reach +
+    ``hot_margin_px``, at least ``radius_px``, at most ``hot_max_radius_px``) or "both"; ``sign``
+    "abs" | "hyper" and ``channel_weights``: the residual rule (:class:`refine.ResidualRule`);
+    ``gate_level``: a candidate (hot component) or a swept slice counts only when its area-normalised
+    residual (mean over its pixels) exceeds this level (None = no gating; calibrated on healthy
+    validation patients; ``gate_scope`` "lesion": a 3-D hot component counts by its best slice,
+    "candidate": each slice's component on its own); ``coverage_passes``: grow a union by ``hot_margin_px`` and re-inpaint while
+    more than ``coverage_fraction`` of its border ring keeps a residual >= ``residual_level``.
     """
 
     radius_px: float = 27.0
@@ -85,12 +102,27 @@ class SearchParams:
     screen_fallback_k: float = 6.0
     grow_slices: int = 2
     unflagged: Unflagged = "coarse"
-    early_stop_ladder: bool = True
     slice_batch: int = 64
+    candidates: Candidates = "sweep"
+    sign: Sign = "abs"
+    channel_weights: tuple[float, ...] | None = None
+    gate_level: float | None = None
+    gate_scope: GateScope = "lesion"
+    coverage_passes: int = 0
+    coverage_fraction: float = 0.25
+    hot_margin_px: float = 8.0
+    hot_max_radius_px: float = 80.0
+
+    def residual_rule(self, pet_channel: int | None) -> ResidualRule:
+        """The residual rule of these parameters for a model whose PET channel is ``pet_channel``."""
+        from autopaint.segment.refine import ResidualRule
+
+        return ResidualRule(self.combine, self.sign, pet_channel, self.channel_weights)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ladder_widths"] = list(self.ladder_widths)
+        d["channel_weights"] = None if self.channel_weights is None else list(self.channel_weights)
         return d
 
     @classmethod
@@ -98,7 +130,10 @@ class SearchParams:
         d = dict(d)
         if "ladder_widths" in d:
             d["ladder_widths"] = tuple(int(w) for w in d["ladder_widths"])
-        return cls(**d)
+        if d.get("channel_weights") is not None:
+            d["channel_weights"] = tuple(float(w) for w in d["channel_weights"])
+        d.pop("early_stop_ladder", None)  # removed field (was never read)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,8 @@ class Geometry:
     stride: float
     ladder_widths: tuple[int, ...]
     min_area: float
+    hot_margin: float = 2.0
+    hot_max_radius: float = 20.0
 
     @classmethod
     def for_size(cls, params: SearchParams, size: int) -> Geometry:
@@ -130,7 +167,8 @@ class Geometry:
                 widths.append(width)
         r_min = params.min_tumour_radius_px * s
         return cls(size=size, radius=params.radius_px * s, stride=params.stride_px * s,
-                   ladder_widths=tuple(widths), min_area=math.pi * r_min * r_min)
+                   ladder_widths=tuple(widths), min_area=math.pi * r_min * r_min,
+                   hot_margin=params.hot_margin_px * s, hot_max_radius=params.hot_max_radius_px * s)
 
 
 @dataclass(frozen=True)

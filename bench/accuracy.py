@@ -1,0 +1,259 @@
+"""Accuracy of autopaint against the SUV-threshold baselines, with the ablation of issue #11.
+
+    # 1. choose every threshold / level on VALIDATION patients only, write them to the model card
+    .venv/bin/python bench/accuracy.py calibrate --model thorax-petct-gconvlap-128 \
+        --cohort work/cohorts/thorax-val --write
+    # 2. evaluate on HELD-OUT patients (never trained or tuned on): tables + Wilcoxon + per-case rows
+    .venv/bin/python bench/accuracy.py evaluate --model thorax-petct-gconvlap-128 \
+        --cohort work/cohorts/thorax-test --exact 5 --out bench/results/accuracy_thorax.md
+
+Ablation ladder (each row adds one part to the row above): ``paper`` (the paper's organ-wide sweep,
+residual threshold = the card's ``default_threshold``) -> ``hotspot`` (circles seeded on PET hot spots,
+|residual| of both channels) -> ``+hyper`` (PET excess only: max(scan - repaint, 0)) -> ``+gating``
+(a 3-D hot spot counts only when its best slice's mean residual exceeds a level set on validation
+patients for a budget of 0.1 false-positive lesions per patient) -> ``+coverage`` (unions grown and
+re-inpainted while their border stays hot, <= 2 passes) -> ``+delineation`` (background-corrected
+fraction of the lesion's own SUVmax, optionally without aerated-lung voxels) -> ``default``
+(+ 3-D consolidation: components under a minimum volume dropped). Residual-threshold rows get their
+threshold from the validation Dice curves; the delineation fraction, CT rule and minimum volume are
+chosen on the validation patients too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autopaint.segment.calibrate import choose_threshold  # noqa: E402
+from autopaint.segment.delineate import DelineationParams  # noqa: E402
+from autopaint.segment.pipeline import PipelineInputs, PipelineParams, hot_spots  # noqa: E402
+from autopaint.segment.profile import HotspotGate  # noqa: E402
+from autopaint.segment.thresholds import sweep_thresholds  # noqa: E402
+from autopaint.segment.types import SearchParams  # noqa: E402
+from bench.accuracy_cases import Prepared, baselines, lesion_scores, prepare, run_config  # noqa: E402
+from bench.accuracy_report import write_report  # noqa: E402
+
+log = logging.getLogger("bench.accuracy")
+TS = sweep_thresholds()
+FP_BUDGET_PER_PATIENT = 0.1
+FRACTIONS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+SOLID = (None, -500.0)
+DET_T = (0.02, 0.05, 0.1)
+MIN_ML = (0.0, 0.1, 0.3, 0.5, 1.0)
+HOT = HotspotGate(k=0.0, floor_suv=2.0)
+
+
+def engine_rows(level: float | None) -> dict[str, SearchParams]:
+    """The engine configurations of the ablation ladder (search only)."""
+    hot = SearchParams(candidates="hotspot")
+    hyper = replace(hot, sign="hyper", channel_weights=(0.0, 1.0), combine="max")
+    rows = {"hotspot": hot, "+hyper": hyper}
+    if level is not None:
+        rows["+gating"] = replace(hyper, gate_level=level)
+        rows["+coverage"] = replace(hyper, gate_level=level, coverage_passes=2)
+    return rows
+
+
+def load(cohort: Path, ids: list[str] | None) -> list[tuple[str, PipelineInputs]]:
+    from autopaint.data.cohorts import discover, load_case
+
+    refs = discover(cohort)
+    if ids:
+        refs = [r for r in refs if r.case_id in set(ids)]
+    out = []
+    for r in refs:
+        c = load_case(r)
+        out.append((c.case_id, PipelineInputs(ct=c.ct, pet=c.pet, organ_mask=c.organ_mask, label=c.label)))
+    return out
+
+
+def _params(search: SearchParams, threshold: float, delin: DelineationParams | None = None,
+            mode: str = "fast") -> PipelineParams:
+    return PipelineParams(mode=mode, threshold=threshold, search=search, delineation=delin,  # type: ignore[arg-type]
+                          hotspot=HOT, write_preview=False)
+
+
+def _mean_dice(recs: list[dict[str, Any]], all_patients: bool = False) -> float:
+    vals = []
+    for r in recs:
+        if r["dice"] is not None:
+            vals.append(r["dice"])
+        elif all_patients:
+            vals.append(1.0 if r["pred_volume_ml"] == 0 else 0.0)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def calibrate(args: argparse.Namespace) -> None:
+    from autopaint.model.inpainter import Inpainter
+
+    inp = Inpainter.load(args.model, device=args.device)
+    cases = [prepare(cid, x, inp, args.preset) for cid, x in load(args.cohort, args.ids)]
+    log.info("%d validation patients (%d with tumour)", len(cases), sum(not p.healthy for p in cases))
+    # gating level: 3-D hot spots not touching a tumour, from the ungated hyper-residual engine
+    healthy: list[float] = []
+    tumour: list[float] = []
+    for p in cases:
+        _, eng, _ = run_config(p, _params(engine_rows(None)["+hyper"], 0.0), inp, curve_on=None)
+        acc = _params(engine_rows(None)["+hyper"], 0.0).accuracy(inp)
+        _, hot_model, _, _ = hot_spots(p.case, p.ooi, acc)
+        for s, is_t in lesion_scores(eng, hot_model, p.label_model):  # type: ignore[arg-type]
+            (tumour if is_t else healthy).append(s)
+    allowed = int(np.floor(FP_BUDGET_PER_PATIENT * len(cases)))
+    hs = sorted(healthy, reverse=True)
+    level = float(hs[allowed]) if len(hs) > allowed else 0.0
+    log.info("gate level %.4f (%d healthy hot spots, %d tumour ones; %d may pass)", level, len(hs), len(tumour), allowed)
+    rows = engine_rows(level)
+    curves: dict[str, dict[str, list[float]]] = {name: {} for name in rows}
+    engines: dict[str, Any] = {}
+    for p in cases:
+        for name, search in rows.items():
+            rec, eng, _ = run_config(p, _params(search, 0.0), inp)
+            if "curve" in rec:
+                curves[name][p.case_id] = rec["curve"]
+            if name == "+coverage":
+                engines[p.case_id] = eng
+    thresholds = {name: choose_threshold(c, TS)[0] for name, c in curves.items()}
+    # delineation on the +coverage engine: fraction x CT rule x detection threshold, then min volume
+    grid: dict[tuple[float, float | None, float], list[dict[str, Any]]] = {}
+    for p in cases:
+        for f in FRACTIONS:
+            for solid in SOLID:
+                for t in DET_T:
+                    d = DelineationParams(fraction=f, solid_hu=solid)
+                    rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines[p.case_id],
+                                           curve_on=None)
+                    grid.setdefault((f, solid, t), []).append(rec)
+    best = max(grid, key=lambda k: (_mean_dice(grid[k]), -k[2]))
+    f, solid, t = best
+    mins: dict[float, list[dict[str, Any]]] = {}
+    for p in cases:
+        for m in MIN_ML:
+            d = DelineationParams(fraction=f, solid_hu=solid, min_ml=m)
+            rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines[p.case_id], curve_on=None)
+            mins.setdefault(m, []).append(rec)
+    min_ml = max(MIN_ML, key=lambda m: (_mean_dice(mins[m], all_patients=True), -m))
+    delin = DelineationParams(fraction=f, solid_hu=solid)
+    cal = {
+        "cohort": str(args.cohort), "cases": [p.case_id for p in cases], "command": _command(),
+        "fp_budget_per_patient": FP_BUDGET_PER_PATIENT, "gate_level": level,
+        "healthy_hot_spots": len(hs), "tumour_hot_spots": len(tumour),
+        "thresholds": thresholds,
+        "delineation_grid": {f"{k[0]}|{k[1]}|{k[2]}": _mean_dice(v) for k, v in grid.items()},
+        "min_ml_grid": {str(m): _mean_dice(v, all_patients=True) for m, v in mins.items()},
+        "ablation": {
+            **{name: {"search": s.to_dict(), "delineation": None, "threshold": thresholds[name]}
+               for name, s in rows.items()},
+            "+delineation": {"search": rows["+coverage"].to_dict(), "delineation": delin.to_dict(), "threshold": t},
+        },
+    }
+    default = {"search": rows["+coverage"].to_dict(), "delineation": replace(delin, min_ml=min_ml).to_dict(),
+               "hotspot": HOT.to_dict(), "threshold": t, "calibration": cal}
+    print(json.dumps({k: v for k, v in cal.items() if k not in ("delineation_grid",)}, indent=1))
+    print(f"default: fraction {f}, solid_hu {solid}, detection threshold {t}, min_ml {min_ml}, "
+          f"val mean Dice {_mean_dice(mins[min_ml]):.3f}")
+    if args.write:
+        from autopaint.commands.segment import _update_card
+
+        print(f"wrote {_update_card(inp, accuracy=default)}")
+
+
+def _command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from autopaint.model.inpainter import Inpainter
+
+    inp = Inpainter.load(args.model, device=args.device)
+    acc = (inp.card or {}).get("accuracy")
+    if not acc:
+        raise SystemExit(f"{args.model}: no accuracy calibration on the card (run `calibrate --write` first)")
+    abl = acc["calibration"]["ablation"]
+    configs: dict[str, PipelineParams] = {"paper": PipelineParams(profile="paper", write_preview=False)}
+    for name, row in abl.items():
+        d = row["delineation"]
+        configs[name] = _params(SearchParams.from_dict(row["search"]), row["threshold"],
+                                None if d is None else DelineationParams.from_dict(d))
+    configs["default"] = PipelineParams(write_preview=False)
+    records: dict[str, list[dict[str, Any]]] = {}
+    exact: list[dict[str, Any]] = []
+    t_start = time.time()
+    for cid, x in load(args.cohort, args.ids):
+        p = prepare(cid, x, inp, args.preset)
+        per: dict[str, dict[str, Any]] = {}
+        for name, params in configs.items():
+            per[name], _, _ = run_config(p, params, inp)
+        per.update(baselines(p))
+        for name, rec in per.items():
+            rec.pop("curve", None)
+            records.setdefault(name, []).append({"case": cid, "healthy": p.healthy, "prepare_s": p.prepare_s,
+                                                 "tumour_ml": float(p.label.sum() * p.voxel_ml), **rec})
+        if not p.healthy and len(exact) < args.exact:
+            exact.append(_exact_vs_fast(p, inp, per["default"]))
+        log.info("%s: %s", cid, ", ".join(f"{k}={v['dice'] if v['dice'] is None else round(v['dice'], 3)}"
+                                          for k, v in per.items()))
+        del p
+    meta = {"command": _command(), "model": inp.card.get("name"), "model_sha256": inp.sha256,
+            "cohort": str(args.cohort), "cohort_command": _cohort_command(args.cohort),
+            "calibration": {k: v for k, v in acc["calibration"].items() if k != "delineation_grid"},
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                       f"load average at end {os.getloadavg()[0]:.2f}",
+            "wall_s": time.time() - t_start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "records": records, "exact": exact},
+                                                        indent=1, default=float) + "\n")
+    write_report(args.out, meta, records, exact)
+    print(args.out.read_text())
+
+
+def _exact_vs_fast(p: Prepared, inp: Any, fast: dict[str, Any]) -> dict[str, Any]:
+    ex, _, _ = run_config(p, PipelineParams(mode="exact", write_preview=False), inp, curve_on=None)
+    paper_ex, _, _ = run_config(p, PipelineParams(mode="exact", profile="paper", write_preview=False), inp,
+                                curve_on=None)
+    return {"case": p.case_id, "fast_images": fast["images"], "exact_images": ex["images"],
+            "paper_exact_images": paper_ex["images"], "fast_dice": fast["dice"], "exact_dice": ex["dice"],
+            "fast_hit": fast["hit_rate"], "exact_hit": ex["hit_rate"], "fast_s": fast["seconds"] + p.prepare_s,
+            "exact_s": ex["seconds"] + p.prepare_s, "paper_exact_dice": paper_ex["dice"]}
+
+
+def _cohort_command(cohort: Path) -> str | None:
+    f = cohort / "cases.json"
+    if not f.is_file():
+        return None
+    d = json.loads(f.read_text())
+    return (f"autopaint phantom --kind {d['kind']} --n {d['n']} --seed {d['seed']} --size {d['size']} "
+            f"--healthy-fraction {d['healthy_fraction']} --out {cohort}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("calibrate", "evaluate"))
+    ap.add_argument("--model", default="thorax-petct-gconvlap-128")
+    ap.add_argument("--cohort", type=Path, required=True)
+    ap.add_argument("--ids", nargs="*", default=None, help="only these case ids (e.g. a model card's split)")
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--write", action="store_true", help="calibrate: store the result on the model card")
+    ap.add_argument("--exact", type=int, default=0, help="evaluate: exact vs fast on this many tumour patients")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "accuracy.md")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("autopaint").setLevel(logging.WARNING)
+    (calibrate if args.what == "calibrate" else evaluate)(args)
+
+
+if __name__ == "__main__":
+    main()
