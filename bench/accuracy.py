@@ -10,8 +10,9 @@
 Ablation ladder (each row adds one part to the row above): ``paper`` (the paper's organ-wide sweep,
 residual threshold = the card's ``default_threshold``) -> ``hotspot`` (circles seeded on PET hot spots,
 |residual| of both channels) -> ``+hyper`` (PET excess only: max(scan - repaint, 0)) -> ``+gating``
-(a 3-D hot spot counts only when its best slice's mean residual exceeds a level set on validation
-patients for a budget of 0.1 false-positive lesions per patient) -> ``+coverage`` (unions grown and
+(a 3-D hot spot counts only when its best slice's mean residual exceeds a level set on the healthy hot
+spots of validation patients for a false-positive budget of 0.1, 0.25, 0.5 or 1 per patient, the
+budget with the best validation Dice winning) -> ``+coverage`` (unions grown and
 re-inpainted while their border stays hot, <= 2 passes) -> ``+delineation`` (background-corrected
 fraction of the lesion's own SUVmax, optionally without aerated-lung voxels) -> ``default``
 (+ 3-D consolidation: components under a minimum volume dropped). Residual-threshold rows get their
@@ -48,10 +49,11 @@ from bench.accuracy_report import write_report  # noqa: E402
 
 log = logging.getLogger("bench.accuracy")
 TS = sweep_thresholds()
-FP_BUDGET_PER_PATIENT = 0.1
-FRACTIONS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+FP_BUDGETS = (0.1, 0.25, 0.5, 1.0)  # false-positive hot spots per validation patient allowed through the gate
+PROBE = DelineationParams(fraction=0.3, solid_hu=-500.0)  # fixed delineation while the budget is chosen
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 SOLID = (None, -500.0)
-DET_T = (0.02, 0.05, 0.1)
+DET_T = (0.02, 0.1)
 MIN_ML = (0.0, 0.1, 0.3, 0.5, 1.0)
 HOT = HotspotGate(k=0.0, floor_suv=2.0)
 
@@ -111,20 +113,29 @@ def calibrate(args: argparse.Namespace) -> None:
         _, hot_model, _, _ = hot_spots(p.case, p.ooi, acc)
         for s, is_t in lesion_scores(eng, hot_model, p.label_model):  # type: ignore[arg-type]
             (tumour if is_t else healthy).append(s)
-    allowed = int(np.floor(FP_BUDGET_PER_PATIENT * len(cases)))
     hs = sorted(healthy, reverse=True)
-    level = float(hs[allowed]) if len(hs) > allowed else 0.0
-    log.info("gate level %.4f (%d healthy hot spots, %d tumour ones; %d may pass)", level, len(hs), len(tumour), allowed)
+    levels = {b: float(hs[int(np.floor(b * len(cases)))]) if len(hs) > int(np.floor(b * len(cases))) else 0.0
+              for b in FP_BUDGETS}
+    by_budget: dict[float, list[dict[str, Any]]] = {}
+    engines: dict[float, dict[str, Any]] = {}
+    for b, lev in levels.items():
+        for p in cases:
+            rec, eng, _ = run_config(p, _params(engine_rows(lev)["+coverage"], 0.05, PROBE), inp, curve_on=None)
+            by_budget.setdefault(b, []).append(rec)
+            engines.setdefault(b, {})[p.case_id] = eng
+    budget = max(FP_BUDGETS, key=lambda b: (_mean_dice(by_budget[b], all_patients=True), -b))
+    level = levels[budget]
+    log.info("gate level %.4f for %.2f FP hot spots / patient (levels %s; %d healthy hot spots, %d tumour ones)",
+             level, budget, levels, len(hs), len(tumour))
     rows = engine_rows(level)
+    engines_cov = engines[budget]
     curves: dict[str, dict[str, list[float]]] = {name: {} for name in rows}
-    engines: dict[str, Any] = {}
     for p in cases:
         for name, search in rows.items():
-            rec, eng, _ = run_config(p, _params(search, 0.0), inp)
+            rec, _, _ = run_config(p, _params(search, 0.0), inp,
+                                   engine=engines_cov[p.case_id] if name == "+coverage" else None)
             if "curve" in rec:
                 curves[name][p.case_id] = rec["curve"]
-            if name == "+coverage":
-                engines[p.case_id] = eng
     thresholds = {name: choose_threshold(c, TS)[0] for name, c in curves.items()}
     # delineation on the +coverage engine: fraction x CT rule x detection threshold, then min volume
     grid: dict[tuple[float, float | None, float], list[dict[str, Any]]] = {}
@@ -133,7 +144,7 @@ def calibrate(args: argparse.Namespace) -> None:
             for solid in SOLID:
                 for t in DET_T:
                     d = DelineationParams(fraction=f, solid_hu=solid)
-                    rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines[p.case_id],
+                    rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines_cov[p.case_id],
                                            curve_on=None)
                     grid.setdefault((f, solid, t), []).append(rec)
     best = max(grid, key=lambda k: (_mean_dice(grid[k]), -k[2]))
@@ -142,13 +153,14 @@ def calibrate(args: argparse.Namespace) -> None:
     for p in cases:
         for m in MIN_ML:
             d = DelineationParams(fraction=f, solid_hu=solid, min_ml=m)
-            rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines[p.case_id], curve_on=None)
+            rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines_cov[p.case_id], curve_on=None)
             mins.setdefault(m, []).append(rec)
     min_ml = max(MIN_ML, key=lambda m: (_mean_dice(mins[m], all_patients=True), -m))
     delin = DelineationParams(fraction=f, solid_hu=solid)
     cal = {
         "cohort": str(args.cohort), "cases": [p.case_id for p in cases], "command": _command(),
-        "fp_budget_per_patient": FP_BUDGET_PER_PATIENT, "gate_level": level,
+        "fp_budget_per_patient": budget, "gate_level": level, "gate_levels_by_budget": levels,
+        "val_dice_by_budget": {str(b): _mean_dice(v, all_patients=True) for b, v in by_budget.items()},
         "healthy_hot_spots": len(hs), "tumour_hot_spots": len(tumour),
         "thresholds": thresholds,
         "delineation_grid": {f"{k[0]}|{k[1]}|{k[2]}": _mean_dice(v) for k, v in grid.items()},

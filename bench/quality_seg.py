@@ -140,7 +140,8 @@ def autopaint_record(case: EvalCase, grid: CaseGrid, inpainter: Any, preset: str
     tmp = Path(tempfile.mkdtemp(prefix="quality-seg-"))
     try:
         t0 = time.perf_counter()
-        params = PipelineParams(preset=preset, mode=mode, screen_level=screen_level, write_preview=False)  # type: ignore[arg-type]
+        params = PipelineParams(preset=preset, mode=mode, screen_level=screen_level, write_preview=False,  # type: ignore[arg-type]
+                                profile="paper")  # the paper's tables: the paper's search
         res = run_pipeline(case.inputs, params, inpainter, tmp)
         seconds = time.perf_counter() - t0
     finally:

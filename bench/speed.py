@@ -113,8 +113,8 @@ def main() -> None:
 
     inp = Inpainter.load(args.model, device=args.device, max_batch=args.max_batch)
     search = replace(SearchParams(), **parse_sets(args.set))
-    fast_p = PipelineParams(mode="fast", search=search, write_preview=True)
-    exact_p = PipelineParams(mode="exact", search=search, write_preview=True)
+    fast_p = PipelineParams(mode="fast", search=search, write_preview=True, profile="paper")
+    exact_p = PipelineParams(mode="exact", search=search, write_preview=True, profile="paper")
     ids = tumour_cases(args.cohort, args.n)
     rows: dict[str, dict[str, Any]] = {cid: {"case": cid} for cid in ids}
     with tempfile.TemporaryDirectory(prefix="autopaint-speed-") as tmp:

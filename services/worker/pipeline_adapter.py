@@ -97,7 +97,7 @@ def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
     if p.modality is not None and p.modality != inpainter.modality:
         raise ModelError(f"the job asks for modality {p.modality!r}, model {spec.model!r} is "
                          f"{inpainter.modality!r}", code="modality_mismatch")
-    params = pl.PipelineParams(preset=p.preset, mode=p.mode, threshold=p.threshold)
+    params = pl.PipelineParams(preset=p.preset, mode=p.mode, threshold=p.threshold, profile=p.profile)
     result = pl.run_pipeline(inputs, params, inpainter, out_dir, progress=progress,
                              should_cancel=should_cancel)
     progress(ProgressEvent("thresholding", 1, 1, "volumes"))

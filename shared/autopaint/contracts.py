@@ -79,6 +79,10 @@ class JobParams(BaseModel):
     )
     model: str | None = Field(default=None, description="Model name; None = the server default")
     mode: Literal["fast", "exact"] = "fast"
+    profile: Literal["default", "paper"] = Field(
+        default="default", description="default: the model card's measured accuracy configuration "
+        "(hot-spot candidates, gating, delineation); paper: the paper's organ-wide search"
+    )
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Residual threshold; None = the model's default"
     )

@@ -75,6 +75,13 @@ def run_demo(state_dir: Path, port: int = 8765, seed: int = 0, model: str | None
     report = json.loads((out / "report.json").read_text())
     at = ((report.get("metrics") or {}).get("at_threshold") or {})
     if "dice" in at:
-        console.print(f"      Dice vs the phantom label: [bold]{at['dice']:.3f}[/] at threshold "
-                      f"{report['threshold']['value']:.2f}")
+        metrics = report["metrics"]
+        lw = metrics.get("lesionwise") or {}
+        console.print(f"      Dice vs the phantom label: [bold]{at['dice']:.3f}[/] ({report['accuracy']['source']} "
+                      f"configuration); lesions found {lw.get('lesions_found')}/{lw.get('lesions')}, "
+                      f"false-positive lesions {lw.get('fp_components')}")
+        base = (metrics.get("baselines") or {}).get("suv_2.5")
+        if base:
+            console.print(f"      the same scan by SUV >= 2.5 in the organ of interest: Dice {base['dice']:.3f}, "
+                          f"false-positive lesions {base['fp_components']}")
     return 0

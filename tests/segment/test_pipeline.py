@@ -154,3 +154,33 @@ def test_job_default_preset_is_the_models(case: dict[str, Path], tmp_path: Path)
     res = run_pipeline(inputs, PipelineParams(preset=job.preset), stub, tmp_path / "a")
     assert res.report["params"]["preset"] == "custom"
     assert res.report["ooi"]["voxels"] > 0
+
+
+CARD_ACCURACY = {"search": {"candidates": "hotspot", "sign": "hyper", "channel_weights": [0.0, 1.0],
+                            "combine": "max", "gate_level": 0.2, "coverage_passes": 2},
+                 "delineation": {"fraction": 0.3, "solid_hu": -500.0, "min_ml": 0.1},
+                 "hotspot": {"k": 0.0, "floor_suv": 2.0}, "threshold": 0.02}
+
+
+def test_default_profile_runs_the_cards_configuration(case: dict[str, Path], tmp_path: Path) -> None:
+    """With ``accuracy`` on the card, the default run seeds circles on hot spots, gates, delineates and
+    reports lesion-wise numbers; the paper profile on the same model is the paper's search."""
+    inputs = _inputs(case)
+    stub = _stub()
+    stub.card = {"name": "stub", "accuracy": CARD_ACCURACY}
+    res = run_pipeline(inputs, PipelineParams(write_preview=False), stub, tmp_path / "d")
+    rep = res.report
+    assert rep["accuracy"]["source"] == "model_card" and rep["threshold"]["value"] == 0.02
+    assert rep["hotspot_gate_suv"] == pytest.approx(2.0)
+    assert rep["reference_uptake"]["region"] in ("soft_tissue", "none", "liver")
+    assert rep["candidates"] and all(c["kept"] for c in rep["candidates"])
+    assert rep["forward_passes"]["total"] == rep["forward_passes"]["hotspot"] <= 2 * 8
+    lw = rep["metrics"]["lesionwise"]
+    assert lw["lesions_found"] == lw["lesions"] == 1 and lw["fp_components"] == 0
+    assert rep["metrics"]["at_threshold"]["dice"] > 0.85
+    assert rep["delineation"] and rep["delineation"][0]["peak_suv"] > 6
+    paper = run_pipeline(inputs, PipelineParams(profile="paper", write_preview=False), _stub(), tmp_path / "p")
+    assert paper.report["accuracy"]["source"] == "paper" and paper.report["candidates"] is None
+    assert paper.report["forward_passes"]["total"] > rep["forward_passes"]["total"]
+    exact = PipelineParams(mode="exact").accuracy(stub)
+    assert exact.search.candidates == "both"  # exact mode always runs the exhaustive sweep too

@@ -51,6 +51,8 @@ def segment(
                                help="Organ mask: thorax | headneck | custom (body); default: the model's preset."),
     model: str = typer.Option("thorax-petct-gconvlap-128", "--model", help="Model name or path."),
     mode: str = typer.Option("fast", "--mode", help="fast | exact (the paper's full search)."),
+    profile: str = typer.Option("default", "--profile",
+                                help="default (the model card's measured configuration) | paper (the paper's search)."),
     threshold: float = typer.Option(None, "--threshold", help="Residual threshold (default: model card)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     out: Path = typer.Option(..., "--out", help="Output directory."),
@@ -65,6 +67,8 @@ def segment(
 
     if mode not in ("fast", "exact"):
         raise InvalidInput(f"--mode must be fast or exact, got {mode!r}", code="bad_arguments")
+    if profile not in ("default", "paper"):
+        raise InvalidInput(f"--profile must be default or paper, got {profile!r}", code="bad_arguments")
     if preset not in (None, "thorax", "headneck", "custom"):
         raise InvalidInput(f"--preset must be thorax, headneck or custom, got {preset!r}", code="bad_arguments")
     if ct is None and pet is None:
@@ -76,7 +80,7 @@ def segment(
                            code="missing_suv_info")
     inputs = load_inputs(ct, pet, organ_mask, label, suv=tags, suv_already=suv_already)
     inpainter = Inpainter.load(model, device=device)
-    params = PipelineParams(preset=preset, mode=mode, threshold=threshold)  # type: ignore[arg-type]
+    params = PipelineParams(preset=preset, mode=mode, threshold=threshold, profile=profile)  # type: ignore[arg-type]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False) as bar:
         tasks: dict[str, Any] = {}
@@ -93,7 +97,10 @@ def segment(
           f"{rep['flops'] / 1e12:.2f} TFLOP, mode {mode}")
     if rep.get("metrics"):
         at, best = rep["metrics"]["at_threshold"], rep["metrics"]["sweep"]["best"]
-        print(f"Dice {at['dice']:.3f} at {result.threshold:.2f}; best [{best['dice']:.3f}] at {best['threshold']:.2f}")
+        lw = rep["metrics"]["lesionwise"]
+        print(f"Dice {at['dice']:.3f} at {result.threshold:.2f}; best residual threshold [{best['dice']:.3f}] at "
+              f"{best['threshold']:.2f}; lesions found {lw['lesions_found']}/{lw['lesions']}, "
+              f"false-positive lesions {lw['fp_components']} ({lw['fp_volume_ml']:.2f} ml)")
 
 
 def calibrate_screen_cmd(

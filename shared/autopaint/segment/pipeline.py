@@ -251,7 +251,8 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
         metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab),
                    "lesionwise": lesion_metrics(mask > 0, lab, ref.voxel_volume_ml),
                    "slice_hit_rate": slice_hit_rate(eng.unions, lab_model, np.asarray(ooi_model.any(axis=(1, 2)))),
-                   "tumour_slices": int(lab_model.any(axis=(1, 2)).sum())}
+                   "tumour_slices": int(lab_model.any(axis=(1, 2)).sum()),
+                   "baselines": _baseline_metrics(suv, ooi, lab)}
     timings["threshold_lesions"] = time.perf_counter() - t1
     _check(should_cancel)
 
@@ -279,6 +280,20 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
              eng.counters.total, threshold)
     return PipelineResult(out_dir=out, files=files, report=report, threshold=threshold,
                           lesions=lesions, mask=mask, residual=residual, engine=eng)
+
+
+def _baseline_metrics(suv: Volume | None, ooi: np.ndarray, label: np.ndarray) -> dict[str, Any] | None:
+    """Dice and lesion-wise numbers of SUV >= 2.5 and 41 % SUVmax on the same case (label given)."""
+    from autopaint.segment.baselines import suv_fixed_threshold, suvmax_fraction_threshold
+
+    if suv is None:
+        return None
+    s = np.asarray(suv.data)
+    out = {}
+    for name, m in (("suv_2.5", suv_fixed_threshold(s, ooi)), ("suvmax_41pct", suvmax_fraction_threshold(s, ooi))):
+        out[name] = {"dice": segmentation_metrics(m, label)["dice"],
+                     **lesion_metrics(m, label, suv.voxel_volume_ml)}
+    return out
 
 
 @dataclass
