@@ -106,15 +106,19 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="SearchParams override, e.g. rescore_k=4")
     ap.add_argument("--ablate", type=int, default=0, help="ablate fast-mode sources on the first N cases")
     ap.add_argument("--no-exact", action="store_true", help="fast mode only")
+    ap.add_argument("--profile", default="paper", choices=("paper", "default"),
+                    help="paper: the paper's search (fast = screened sweep); default: the model card's "
+                         "configuration (fast = hot spots only, exact = exhaustive sweep + hot spots)")
     ap.add_argument("--out", type=Path, default=RESULTS / "speed.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from autopaint.model.inpainter import Inpainter
 
     inp = Inpainter.load(args.model, device=args.device, max_batch=args.max_batch)
-    search = replace(SearchParams(), **parse_sets(args.set))
-    fast_p = PipelineParams(mode="fast", search=search, write_preview=True, profile="paper")
-    exact_p = PipelineParams(mode="exact", search=search, write_preview=True, profile="paper")
+    base = PipelineParams(profile=args.profile).accuracy(inp).search  # type: ignore[arg-type]
+    search = replace(base, **parse_sets(args.set))
+    fast_p = PipelineParams(mode="fast", search=search, write_preview=True, profile=args.profile)  # type: ignore[arg-type]
+    exact_p = PipelineParams(mode="exact", search=search, write_preview=True, profile=args.profile)  # type: ignore[arg-type]
     ids = tumour_cases(args.cohort, args.n)
     rows: dict[str, dict[str, Any]] = {cid: {"case": cid} for cid in ids}
     with tempfile.TemporaryDirectory(prefix="autopaint-speed-") as tmp:
