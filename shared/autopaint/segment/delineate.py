@@ -7,7 +7,7 @@ delineated by a local rule on the reference grid (issue #11, part 5):
 * **PET adaptive threshold** (``method="pet"``): inside the region dilated by ``search_mm`` (and the
   organ of interest), the lesion's own peak SUV and its local background (median SUV of a shell
   ``shell_mm`` around the dilated region) give the level ``bg + fraction * (peak - bg)``; the lesion is
-  the 26-connected component of SUV >= level that contains the peak, with enclosed holes filled
+  the 18-connected component of SUV >= level that contains the peak, with enclosed holes filled
   (necrotic cores). Optionally voxels of aerated lung on CT (HU < ``solid_hu``) are dropped from it.
 * **residual** (``method="residual"``, CT-only models, or PET/CT where asked): the detection as it is.
 
@@ -79,7 +79,9 @@ def delineate_one(region: np.ndarray, suv: np.ndarray, ooi: np.ndarray, spacing:
     if params.solid_hu is not None and ct is not None:
         above &= ct >= params.solid_hu
         above[peak_idx] = True
-    labels = cc3d.connected_components(above.astype(np.uint8), connectivity=26)
+    # 18-connected like autoPET's lesion-wise evaluation: a voxel touching the lesion only at a corner
+    # would otherwise be scored as a separate (false-positive) lesion
+    labels = cc3d.connected_components(above.astype(np.uint8), connectivity=18)
     lesion = labels == labels[peak_idx]
     lesion = fill_holes(lesion) & search
     return lesion, {"peak_suv": peak, "background_suv": bg, "level_suv": level}
