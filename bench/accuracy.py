@@ -17,7 +17,8 @@ re-inpainted while their border stays hot, <= 2 passes) -> ``+delineation`` (bac
 fraction of the lesion's own SUVmax, optionally without aerated-lung voxels) -> ``default``
 (+ 3-D consolidation: components under a minimum volume dropped). Residual-threshold rows get their
 threshold from the validation Dice curves; the delineation fraction, CT rule and minimum volume are
-chosen on the validation patients too.
+chosen on the validation patients too, and the model card's default becomes the row with the best
+validation Dice (``calibration.chosen``; the ``default`` row of the tables is that configuration).
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def calibrate(args: argparse.Namespace) -> None:
                                    engine=engines_cov[p.case_id] if name == "+coverage" else None)
             if "curve" in rec:
                 curves[name][p.case_id] = rec["curve"]
-    thresholds = {name: choose_threshold(c, TS)[0] for name, c in curves.items()}
+    thresholds: dict[str, float] = {}
+    val_dice: dict[str, float] = {}
+    for name, c in curves.items():
+        t_row, mean = choose_threshold(c, TS)
+        thresholds[name], val_dice[name] = t_row, float(mean.max())
     # delineation on the +coverage engine: fraction x CT rule x detection threshold, then min volume
     grid: dict[tuple[float, float | None, float], list[dict[str, Any]]] = {}
     for p in cases:
@@ -157,6 +162,16 @@ def calibrate(args: argparse.Namespace) -> None:
             mins.setdefault(m, []).append(rec)
     min_ml = max(MIN_ML, key=lambda m: (_mean_dice(mins[m], all_patients=True), -m))
     delin = DelineationParams(fraction=f, solid_hu=solid)
+    val_dice["+delineation"] = _mean_dice(grid[best])
+    val_dice["default"] = _mean_dice(mins[min_ml])
+    # the product's default is the ladder row with the best validation Dice (ties: the later row)
+    order = [*rows, "+delineation", "default"]
+    chosen = max(order, key=lambda n: (round(val_dice[n], 6), order.index(n)))
+    if chosen in rows:
+        default = {"search": rows[chosen].to_dict(), "delineation": None, "threshold": thresholds[chosen]}
+    else:
+        d_chosen = replace(delin, min_ml=min_ml) if chosen == "default" else delin
+        default = {"search": rows["+coverage"].to_dict(), "delineation": d_chosen.to_dict(), "threshold": t}
     cal = {
         "cohort": str(args.cohort), "cases": [p.case_id for p in cases], "command": _command(),
         "fp_budget_per_patient": budget, "gate_level": level, "gate_levels_by_budget": levels,
@@ -171,11 +186,12 @@ def calibrate(args: argparse.Namespace) -> None:
             "+delineation": {"search": rows["+coverage"].to_dict(), "delineation": delin.to_dict(), "threshold": t},
         },
     }
-    default = {"search": rows["+coverage"].to_dict(), "delineation": replace(delin, min_ml=min_ml).to_dict(),
-               "hotspot": HOT.to_dict(), "threshold": t, "calibration": cal}
+    cal["val_dice"] = val_dice
+    cal["chosen"] = chosen
+    default = {**default, "hotspot": HOT.to_dict(), "calibration": cal}
     print(json.dumps({k: v for k, v in cal.items() if k not in ("delineation_grid",)}, indent=1))
-    print(f"default: fraction {f}, solid_hu {solid}, detection threshold {t}, min_ml {min_ml}, "
-          f"val mean Dice {_mean_dice(mins[min_ml]):.3f}")
+    print(f"default = {chosen} (val Dice {val_dice[chosen]:.3f}; per row {val_dice}); delineation: fraction {f}, "
+          f"solid_hu {solid}, detection threshold {t}, min_ml {min_ml}")
     if args.write:
         from autopaint.commands.segment import _update_card
 

@@ -13,7 +13,7 @@ BASELINES = ("SUV >= 2.5", "41 % SUVmax", "41 % SUVmax per lesion", "PERCIST (1.
              "PET window sweep (oracle)")
 
 
-def _ms(vals: list[float]) -> str:
+def _ms(vals: list[Any]) -> str:
     v = [x for x in vals if x is not None and np.isfinite(x)]
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "-"
 
