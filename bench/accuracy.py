@@ -74,7 +74,7 @@ def load(cohort: Path, ids: list[str] | None) -> list[tuple[str, PipelineInputs]
     from autopaint.data.cohorts import discover, load_case
 
     refs = discover(cohort)
-    if ids:
+    if ids is not None:
         refs = [r for r in refs if r.case_id in set(ids)]
     out = []
     for r in refs:
@@ -240,7 +240,8 @@ def evaluate(args: argparse.Namespace) -> None:
             "wall_s": time.time() - t_start}
     _write(args.out, meta, records, exact)
     # exact vs fast last (slow): the main tables are on disk even if this part is stopped
-    for cid, x in load(args.cohort, [r["case"] for r in records["default"] if not r["healthy"]][: args.exact]):
+    exact_ids = [r["case"] for r in records["default"] if not r["healthy"]][: max(args.exact, 0)]
+    for cid, x in load(args.cohort, exact_ids) if exact_ids else []:
         p = prepare(cid, x, inp, args.preset)
         fast = next(r for r in records["default"] if r["case"] == cid)
         exact.append(_exact_vs_fast(p, inp, {**fast, "seconds": fast["seconds"]}))
