@@ -59,7 +59,7 @@ def prepare(case_id: str, inputs: PipelineInputs, inpainter: Any, preset: str | 
     ooi = organ_of_interest(inputs, case.reference, preset or pp.preset)
     assert inputs.label is not None
     label = _on_reference(inputs.label, case.reference)
-    return Prepared(case_id, case, ooi, case.mask_to_model(ooi), label & ooi | label, case.mask_to_model(label),
+    return Prepared(case_id, case, ooi, case.mask_to_model(ooi), label, case.mask_to_model(label),
                     case.reference.voxel_volume_ml, time.perf_counter() - t0)
 
 
