@@ -76,8 +76,8 @@ def run_config(p: Prepared, params: PipelineParams, inpainter: Any, engine: Auto
     seg = segment_prepared(p.case, p.ooi, p.ooi_model, params, inpainter, engine=engine)
     rec = score_mask(p, seg.mask > 0)
     resid = seg.residual
-    if seg.accuracy.search.candidates == "hotspot" and seg.gate_suv is not None:
-        resid = np.where(np.asarray(p.case.pet_on_ref.data) >= seg.gate_suv, resid, 0.0)  # type: ignore[union-attr]
+    if seg.accuracy.search.candidates == "hotspot" and seg.hot is not None:
+        resid = np.where(seg.hot, resid, 0.0)  # what the pipeline detects: residual inside hot spots
     if curve_on == "residual" and not p.healthy:
         sw = sweep(resid, p.label)
         rec["curve"] = sw["dice"]

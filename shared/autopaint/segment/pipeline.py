@@ -301,7 +301,8 @@ class Segmentation:
     """What :func:`segment_prepared` finds on a prepared case: the engine result, the residual and the
     final mask (uint8) on the reference grid, the threshold and where it came from, the resolved
     accuracy configuration, the reference uptake and hot-spot gate (SUV) when hot spots were used,
-    one record per delineated lesion (None without delineation), and stage timings."""
+    one record per delineated lesion (None without delineation), stage timings, and the hot-spot map
+    (bool (I, J, K), reference grid) when hot spots were used."""
 
     engine: AutoinpaintResult
     residual: np.ndarray
@@ -313,6 +314,7 @@ class Segmentation:
     gate_suv: float | None
     delineated: list[dict[str, float]] | None
     timings: dict[str, float]
+    hot: np.ndarray | None = None
 
 
 def segment_prepared(case: PreparedCase, ooi: np.ndarray, ooi_model: np.ndarray, params: PipelineParams,
@@ -342,7 +344,8 @@ def segment_prepared(case: PreparedCase, ooi: np.ndarray, ooi_model: np.ndarray,
         det &= hot_ref  # a hot-spot detection is where the scan is hot, not anywhere in its circle
     mask, delineated = _final_mask(det, case, ooi, acc)
     timings["delineate"] = time.perf_counter() - t1
-    return Segmentation(eng, residual, mask, threshold, thr_source, acc, reference, gate, delineated, timings)
+    return Segmentation(eng, residual, mask, threshold, thr_source, acc, reference, gate, delineated, timings,
+                        hot_ref)
 
 
 def hot_spots(case: PreparedCase, ooi: np.ndarray, acc: Accuracy
@@ -354,8 +357,7 @@ def hot_spots(case: PreparedCase, ooi: np.ndarray, acc: Accuracy
     suv = np.asarray(case.pet_on_ref.data)
     ct = None if case.ct_on_ref is None else np.asarray(case.ct_on_ref.data)
     ref = reference_uptake(suv, ct, case.reference.affine)
-    gate = acc.hotspot.gate_suv if acc.hotspot.gate_suv is not None else ref.gate(acc.hotspot.k,
-                                                                                   acc.hotspot.floor_suv)
+    gate = acc.hotspot.suv(ref)
     hot = hot_map(suv, ooi, gate)
     log.info("hot spots: gate %.2f SUV (%s reference %.2f +- %.2f), %d voxels", gate, ref.region, ref.mean,
              ref.sd, int(hot.sum()))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from autopaint.segment.delineate import DelineationParams
+from autopaint.segment.hotspot import ReferenceUptake
 from autopaint.segment.types import SearchParams
 
 Profile = Literal["default", "paper"]
@@ -33,6 +34,10 @@ class HotspotGate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def suv(self, reference: ReferenceUptake) -> float:
+        """The gate in SUV for a patient whose reference uptake is ``reference``."""
+        return float(self.gate_suv) if self.gate_suv is not None else reference.gate(self.k, self.floor_suv)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HotspotGate:
