@@ -18,6 +18,7 @@ import cc3d
 import numpy as np
 
 from autopaint.imaging.preprocess import PreparedCase, PreprocessParams, prepare_case
+from autopaint.imaging.resample import mask_on_grid
 from autopaint.segment.baselines import (
     percist_threshold,
     pet_window_map,
@@ -29,7 +30,6 @@ from autopaint.segment.metrics import dice, lesion_metrics
 from autopaint.segment.pipeline import (
     PipelineInputs,
     PipelineParams,
-    _on_reference,
     organ_of_interest,
     segment_prepared,
 )
@@ -58,7 +58,7 @@ def prepare(case_id: str, inputs: PipelineInputs, inpainter: Any, preset: str | 
     case = prepare_case(inputs.ct, inputs.pet, pp)
     ooi = organ_of_interest(inputs, case.reference, preset or pp.preset)
     assert inputs.label is not None
-    label = _on_reference(inputs.label, case.reference)
+    label = mask_on_grid(inputs.label, case.reference)
     return Prepared(case_id, case, ooi, case.mask_to_model(ooi), label, case.mask_to_model(label),
                     case.reference.voxel_volume_ml, time.perf_counter() - t0)
 

@@ -23,9 +23,9 @@ from skimage.restoration import inpaint_biharmonic
 from autopaint.model.evaluate import image_metrics
 from autopaint.model.holes import fixed_masks
 from autopaint.model.inpainter import Inpainter
-from autopaint.model.registry import DEFAULT_MODEL
 from autopaint.model.train import TrainConfig, train
 from autopaint.model.uad import DenseAutoencoder, UADConfig, build_uad, load_uad, save_uad, train_uad
+from autopaint.model_cards import DEFAULT_MODEL
 from autopaint.paths import models_dir
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from autopaint.imaging.preprocess import PreparedCase, PreprocessParams, prepare_case, resample_to, same_grid
+from autopaint.imaging.preprocess import PreparedCase, PreprocessParams, prepare_case
+from autopaint.imaging.resample import mask_on_grid
 from autopaint.imaging.volume import Volume
 from autopaint.model.uad import DenseAutoencoder, residual_maps
 from autopaint.segment.baselines import pet_window_map, suv_fixed_threshold, suvmax_fraction_threshold
@@ -70,13 +71,7 @@ def case_grid(case: EvalCase, params: PreprocessParams, preset: str) -> CaseGrid
     prepared = prepare_case(case.ct, case.pet, params)
     ref = prepared.reference
     ooi = organ_of_interest(case.inputs, ref, preset)
-    if case.label is None:
-        label = np.zeros(ref.shape, dtype=bool)
-    elif same_grid(case.label, ref):
-        label = np.asarray(case.label.data) > 0
-    else:
-        lab = case.label.with_data(np.asarray(case.label.data, np.float32))
-        label = resample_to(lab, ref, order=0).data > 0.5
+    label = np.zeros(ref.shape, dtype=bool) if case.label is None else mask_on_grid(case.label, ref)
     return CaseGrid(prepared, ooi, label, ref.voxel_volume_ml)
 
 

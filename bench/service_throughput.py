@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from autopaint.client import Client
-from autopaint.embedded import EmbeddedService, ensure_api_key, prepare
-from autopaint.settings import DEFAULT_MODEL, Settings
+from autopaint.model_cards import DEFAULT_MODEL
+from autopaint.settings import Settings
+from services.embedded import EmbeddedService, ensure_api_key, prepare
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -16,8 +16,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autopaint.contracts import QUEUE_CPU, QUEUE_GPU
-
-DEFAULT_MODEL = "thorax-petct-gconvlap-128"
+from autopaint.model_cards import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):

@@ -11,8 +11,8 @@ from autopaint.imaging.preprocess import (
     denormalize,
     params_for,
     prepare_case,
-    resample_to,
 )
+from autopaint.imaging.resample import resample_to
 from autopaint.imaging.slicegrid import Canonical, SliceGrid
 from autopaint.imaging.suv import pet_to_suv, suv_from_bqml
 from autopaint.imaging.volume import Volume

@@ -13,8 +13,8 @@ from autopaint.model.holes import fixed_masks
 from autopaint.model.inpainter import Inpainter
 from autopaint.model.losses import InpaintingLoss, LossWeights
 from autopaint.model.networks import build_network, encoder_batchnorms
-from autopaint.model.registry import list_models, resolve
 from autopaint.model.train import TrainConfig, set_phase, train, train_step
+from autopaint.model_cards import list_cards, resolve_weights
 
 TINY = {"depth": 3, "base_width": 8, "max_width": 16, "kernel_sizes": (5, 3, 3)}
 
@@ -89,10 +89,10 @@ def test_train_checkpoint_roundtrip_resume_and_inpainter(tiny_dataset: Path, tmp
     s2 = train(_cfg(tiny_dataset, out, epochs=3, phase2_epoch=1, resume=str(out)), progress=False)
     assert s2["epochs_completed"] == 3 and s2["steps"] == 9 and len(s2["history"]) == 3
 
-    assert [c["name"] for c in list_models(tmp_path / "models")] == ["tiny-petct"]
-    assert resolve("tiny-petct", tmp_path / "models") == out / "model.pt"
+    assert [c["name"] for c in list_cards(tmp_path / "models")] == ["tiny-petct"]
+    assert resolve_weights("tiny-petct", tmp_path / "models") == out / "model.pt"
     with pytest.raises(ModelError):
-        resolve("nope", tmp_path / "models")
+        resolve_weights("nope", tmp_path / "models")
 
 
 def test_modality_selection_max_steps_and_perceptual(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autopaint.errors import InvalidInput, ModelError
+from autopaint.errors import InvalidInput
 from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
 from autopaint.segment.outputs import rethreshold
@@ -126,10 +126,10 @@ def test_pipeline_errors(case: dict[str, Path], tmp_path: Path) -> None:
         run_pipeline(PipelineInputs(ct=inputs.ct, pet=inputs.pet, organ_mask=empty), PipelineParams(),
                      _stub(), tmp_path / "x")
     assert ei.value.code == "empty_organ_mask"
-    with pytest.raises(ModelError) as em:
+    with pytest.raises(InvalidInput) as em:  # the PET/CT model needs both images
         run_pipeline(PipelineInputs(ct=inputs.ct, organ_mask=inputs.organ_mask), PipelineParams(),
                      _stub(), tmp_path / "x")
-    assert em.value.code == "modality_mismatch"
+    assert em.value.code == "missing_input"
     with pytest.raises(InvalidInput) as es:
         load_inputs(case["ct"], case["pet"])
     assert es.value.code == "missing_suv_info"

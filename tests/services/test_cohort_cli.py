@@ -22,7 +22,7 @@ import pytest
 from autopaint.client import Client
 from autopaint.client_cohort import STATE_FILE, discover_cases
 from autopaint.db import Job, make_engine, make_session_factory
-from autopaint.embedded import EmbeddedService
+from services.embedded import EmbeddedService
 from tests.services.workerkit import FAKE_ENV, api_key, free_port, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cli(url: str, key: str, cohort: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "AUTOPAINT_API_KEY": key, "COLUMNS": "120"}
-    cmd = [sys.executable, "-m", "autopaint.cli", "cohort", "submit", str(cohort), "--concurrency", "4",
+    cmd = [sys.executable, "-m", "services.cli", "cohort", "submit", str(cohort), "--concurrency", "4",
            "--out", str(out), "--url", url]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)

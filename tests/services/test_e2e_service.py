@@ -1,6 +1,6 @@
 """End to end over HTTP: client -> API -> broker -> real worker process -> storage -> client.
 
-Runs the embedded service (SQLite + kombu sqla broker, ``autopaint.embedded.EmbeddedService``) and
+Runs the embedded service (SQLite + kombu sqla broker, ``services.embedded.EmbeddedService``) and
 the production wiring (PostgreSQL + Redis, ``services`` marker). The plumbing tests use the
 TEST-ONLY injected pipeline; ``test_real_pipeline_matches_cli_segment`` runs the real pipeline
 with a shipped model and compares the mask byte for byte with ``autopaint segment``.
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from autopaint.client import ApiError, Client
-from autopaint.embedded import EmbeddedService
+from services.embedded import EmbeddedService
 from tests.services.workerkit import FAKE_ENV, api_key, free_port, make_settings, write_random_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,8 +90,8 @@ def test_real_pipeline_matches_cli_segment(request: pytest.FixtureRequest, tmp_p
     """Upload a phantom case -> job (real pipeline, real worker) -> mask and residual
     byte-identical to ``autopaint segment`` on the same inputs. Uses the shipped default model
     when present, else a tiny random model (the comparison is about the service, not quality)."""
+    from autopaint.model_cards import DEFAULT_MODEL
     from autopaint.paths import models_dir
-    from autopaint.settings import DEFAULT_MODEL
 
     if (models_dir() / DEFAULT_MODEL / "model.pt").is_file():
         mdir, model = models_dir(), DEFAULT_MODEL

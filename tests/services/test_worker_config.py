@@ -76,6 +76,6 @@ def test_progress_is_throttled_to_every_n_circles(sqlite_settings: Settings) -> 
 
 def test_worker_modules_import_no_torch() -> None:
     code = ("import sys, services.worker.app, services.worker.runner, autopaint.client, "
-            "autopaint.commands.service, autopaint.embedded; "
+            "services.commands.service, services.embedded; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -117,7 +117,7 @@ def test_cancel_queued_job_never_runs(worker_kit: Kit) -> None:
 
 
 def test_recover_republishes_jobs_whose_message_was_lost(worker_kit: Kit) -> None:
-    from autopaint.embedded import recover_jobs
+    from services.embedded import recover_jobs
 
     lost = worker_kit.make_job("slow:0.2")  # a row without a message (a dead worker's)
     assert recover_jobs(worker_kit.settings) >= 1

@@ -11,10 +11,10 @@ from typing import Any
 
 from autopaint.contracts import TASK_RUN_JOB, JobState
 from autopaint.db import Artifact, Job, make_engine, make_session_factory, new_id
-from autopaint.embedded import WorkerProcess, start_worker
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
 from autopaint.storage.base import input_key
+from services.embedded import WorkerProcess, start_worker
 from services.worker.app import create_celery_app
 
 

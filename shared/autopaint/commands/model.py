@@ -64,9 +64,9 @@ def train(
 
 def models_list(root: Path = typer.Option(None, "--root", help="Models directory (default: repo models/).")) -> None:
     """List trained models (name, architecture, modality, size, validation PSNR/SSIM)."""
-    from autopaint.model.registry import list_models
+    from autopaint.model_cards import list_cards
 
-    cards = list_models(root)
+    cards = [{**c["card"], "name": c["name"]} for c in list_cards(root) if c["has_weights"]]
     if not cards:
         print("no models")
         return
@@ -84,10 +84,9 @@ def models_show(
     root: Path = typer.Option(None, "--root"),
 ) -> None:
     """Print a model's card (and checkpoint summary) as JSON."""
-    from autopaint.model.checkpoint import read_card
-    from autopaint.model.registry import resolve
+    from autopaint.model_cards import read_card, resolve_weights
 
-    path = resolve(name, root)
+    path = resolve_weights(name, root)
     card = read_card(path.parent)
     card["path"] = str(path)
     print(json.dumps(card, indent=2, sort_keys=True))

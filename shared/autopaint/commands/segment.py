@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from autopaint.errors import InvalidInput
+from autopaint.model_cards import DEFAULT_MODEL
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +50,7 @@ def segment(
     label: Path = typer.Option(None, "--label", help="Ground truth: adds the threshold sweep and metrics."),
     preset: str = typer.Option(None, "--preset",
                                help="Organ mask: thorax | headneck | custom (body); default: the model's preset."),
-    model: str = typer.Option("thorax-petct-gconvlap-128", "--model", help="Model name or path."),
+    model: str = typer.Option(None, "--model", help=f"Model name or path (default {DEFAULT_MODEL})."),
     mode: str = typer.Option("fast", "--mode", help="fast | exact (the paper's full search)."),
     profile: str = typer.Option("default", "--profile",
                                 help="default (the model card's measured configuration) | paper (the paper's search)."),
@@ -104,7 +105,7 @@ def segment(
 
 
 def calibrate_screen_cmd(
-    model: str = typer.Option("thorax-petct-gconvlap-128", "--model", help="Model name or path."),
+    model: str = typer.Option(None, "--model", help=f"Model name or path (default {DEFAULT_MODEL})."),
     dataset: Path = typer.Option(..., "--dataset", help="Slice dataset directory (val.npz with images, ooi)."),
     split: str = typer.Option("val", "--split"),
     max_slices: int = typer.Option(400, "--max-slices"),
@@ -136,7 +137,8 @@ def _update_card(inp: Any, **fields: Any) -> Path:
     """Set calibration ``fields`` on the loaded model's card.json (keeping its sha256); returns the path."""
     if inp.path is None:
         raise InvalidInput("model path unknown; cannot write its card", code="bad_arguments")
-    from autopaint.model.checkpoint import read_card, write_card
+    from autopaint.model.checkpoint import write_card
+    from autopaint.model_cards import read_card
 
     card = read_card(inp.path.parent)
     card.update(fields)
@@ -165,7 +167,7 @@ def _lazy_inputs(refs: list[Any]) -> Any:
 
 
 def calibrate_threshold_cmd(
-    model: str = typer.Option("thorax-petct-gconvlap-128", "--model", help="Model name or path."),
+    model: str = typer.Option(None, "--model", help=f"Model name or path (default {DEFAULT_MODEL})."),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort folder with labels (phantom, ibsi-sts)."),
     cases: str = typer.Option(None, "--cases", help="Comma-separated case ids."),
     split: str = typer.Option(None, "--split", help="Take the case ids of this split from the model card."),

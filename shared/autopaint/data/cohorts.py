@@ -25,8 +25,8 @@ from autopaint.imaging.volume import Volume
 
 @dataclass(frozen=True)
 class CaseRef:
-    """Where one case's files are. ``label_paths`` beyond ``label_path`` are unioned into the label;
-    ``label_grid`` says which grid the label is on ("ct" or "pet"); ``suv``: PET values are SUV."""
+    """Where one case's files are. ``extra_label_paths`` are unioned into the label (each put on the
+    CT grid from its own header); ``suv``: PET values are SUV."""
 
     case_id: str
     cohort: str
@@ -35,7 +35,6 @@ class CaseRef:
     label_path: Path | None
     organ_mask_path: Path | None = None
     suv: bool = True
-    label_grid: str = "ct"
     extra_label_paths: tuple[Path, ...] = ()
 
 
@@ -90,25 +89,26 @@ def discover(path: str | Path) -> list[CaseRef]:
     raise InvalidInput(f"{root} is not a phantom, ibsi-sts or openkbp-hn-ct folder", code="unknown_cohort")
 
 
+def _on_ct(vol: Volume, ct: Volume | None) -> Volume:
+    """A label/mask as uint8 on the CT grid (its own grid when there is no CT)."""
+    from autopaint.imaging.resample import mask_on_grid
+
+    if ct is None:
+        return vol.with_data((np.asarray(vol.data) > 0.5).astype(np.uint8))
+    return ct.with_data(mask_on_grid(vol, ct).astype(np.uint8))
+
+
 def load_case(ref: CaseRef) -> Case:
     """Read a case; the label (union of all label files, > 0) is returned on the CT grid as uint8."""
     from autopaint.imaging.io import read_volume
-    from autopaint.imaging.preprocess import resample_to
-
     ct = read_volume(ref.ct_path) if ref.ct_path else None
     pet = read_volume(ref.pet_path) if ref.pet_path else None
     label = None
     paths = [p for p in (ref.label_path, *ref.extra_label_paths) if p is not None]
     for p in paths:
-        lab = read_volume(p, dtype=np.float32)
-        if ct is not None and (ref.label_grid != "ct" or lab.shape != ct.shape):
-            lab = resample_to(lab, ct, order=0)
-        data = (lab.data > 0.5).astype(np.uint8)
-        label = lab.with_data(data) if label is None else label.with_data(label.data | data)
+        lab = _on_ct(read_volume(p, dtype=np.float32), ct)
+        label = lab if label is None else label.with_data(label.data | lab.data)
     organ = None
     if ref.organ_mask_path is not None:
-        om = read_volume(ref.organ_mask_path, dtype=np.float32)
-        if ct is not None and om.shape != ct.shape:
-            om = resample_to(om, ct, order=0)
-        organ = om.with_data((om.data > 0.5).astype(np.uint8))
+        organ = _on_ct(read_volume(ref.organ_mask_path, dtype=np.float32), ct)
     return Case(ref.case_id, ct, pet, label, organ, ref.suv)

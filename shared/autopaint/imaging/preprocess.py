@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 
 from autopaint.errors import InvalidInput
-from autopaint.imaging.resample import resample_to
+from autopaint.imaging.modality import MODALITIES, check_roles
+from autopaint.imaging.resample import resample_to, same_grid
 from autopaint.imaging.slicegrid import Canonical, SliceGrid
-from autopaint.imaging.suv import pet_to_suv, suv_from_bqml
 from autopaint.imaging.volume import Volume
 
 __all__ = ["PRESET_CT_WINDOWS", "PreparedCase", "PreprocessParams", "denormalize", "normalize_ct",
-           "normalize_pet", "params_for", "pet_to_suv", "prepare_case", "resample_to",
-           "same_grid", "suv_from_bqml"]
+           "normalize_pet", "params_for", "prepare_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +29,6 @@ PRESET_CT_WINDOWS: dict[str, tuple[float, float]] = {
     "thorax": (-1000.0, 500.0),
     "headneck": (-200.0, 200.0),
 }
-_MODALITIES = ("ct", "pet", "petct")
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,8 @@ class PreprocessParams:
     quantize_8bit: bool = True
 
     def __post_init__(self) -> None:
-        if self.modality not in _MODALITIES:
-            raise InvalidInput(f"modality must be one of {_MODALITIES}, got {self.modality!r}",
+        if self.modality not in MODALITIES:
+            raise InvalidInput(f"modality must be one of {MODALITIES}, got {self.modality!r}",
                                code="bad_modality")
         if int(self.size) < 8:
             raise InvalidInput(f"model size must be >= 8, got {self.size}", code="bad_size")
@@ -99,11 +97,6 @@ def _window(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def quantize(x: np.ndarray) -> np.ndarray:
-    """round(x * 255) / 255, float32 (the paper's 8-bit gray levels)."""
-    return (np.rint(np.asarray(x, dtype=np.float32) * 255.0) / 255.0).astype(np.float32)
-
-
 def normalize_ct(hu: np.ndarray, params: PreprocessParams) -> np.ndarray:
     """HU -> [0, 1] float32 through ``params.ct_window`` (no quantisation)."""
     return _window(hu, *params.ct_window)
@@ -128,11 +121,6 @@ def denormalize(images01: np.ndarray, params: PreprocessParams
         else:
             suv = val
     return hu, suv
-
-
-def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:
-    """True when both volumes have the same shape and affine (within ``tol_mm``)."""
-    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=tol_mm))
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,15 +176,9 @@ def prepare_case(ct: Volume | None, pet: Volume | None, params: PreprocessParams
     B-spline (negatives from ringing clamped to 0). ``params.modality`` decides which inputs are
     required and the channels of ``images``.
     """
-    need_ct = params.modality in ("ct", "petct")
-    need_pet = params.modality in ("pet", "petct")
-    if need_ct and ct is None:
-        raise InvalidInput(f"modality {params.modality!r} needs a CT", code="missing_ct")
-    if need_pet and pet is None:
-        raise InvalidInput(f"modality {params.modality!r} needs a PET", code="missing_pet")
+    check_roles(params.modality, [r for r, v in (("ct", ct), ("pet", pet)) if v is not None])
     reference = ct if ct is not None else pet
-    if reference is None:
-        raise InvalidInput("need a CT or a PET", code="missing_input")
+    assert reference is not None  # check_roles: a CT or a PET
     pet_on_ref: Volume | None = None
     if pet is not None:
         if same_grid(pet, reference):

@@ -25,6 +25,30 @@ logger = logging.getLogger(__name__)
 _INTERP = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
 
 
+def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:
+    """True when both volumes have the same shape and affine (within ``tol_mm``)."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=tol_mm))
+
+
+def on_grid(vol: Volume, reference: Volume, order: int = 3) -> Volume:
+    """``vol`` on ``reference``'s grid: itself when the grids agree, else resampled (``order`` as in
+    :func:`resample_to`; for ``order`` 3 the B-spline's negative ringing is clamped to 0, as PET and
+    residual maps are non-negative)."""
+    if same_grid(vol, reference):
+        return vol
+    out = resample_to(vol.with_data(np.asarray(vol.data, np.float32)), reference, order=order)
+    if order == 3:
+        np.maximum(out.data, 0.0, out=out.data)
+    return out
+
+
+def mask_on_grid(vol: Volume, reference: Volume) -> np.ndarray:
+    """A mask or label volume (> 0) as bool ``(I, J, K)`` on ``reference``'s grid (nearest neighbour)."""
+    if same_grid(vol, reference):
+        return np.asarray(vol.data) > 0
+    return on_grid(vol.with_data((np.asarray(vol.data) > 0).astype(np.float32)), reference, order=0).data > 0.5
+
+
 def resample_to(moving: Volume, reference: Volume, order: int = 3, default: float = 0.0,
                 fast: bool = True) -> Volume:
     """Resample ``moving`` onto ``reference``'s grid (world space, mm).

@@ -20,10 +20,9 @@ from torch import nn
 from autopaint.errors import ModelError
 from autopaint.fsutil import atomic_open, atomic_write_bytes, sha256_file
 from autopaint.model.networks import ModelConfig, build_network
+from autopaint.model_cards import CARD_FILE, WEIGHTS_FILE
 
 FORMAT_VERSION = 1
-MODEL_FILE = "model.pt"
-CARD_FILE = "card.json"
 
 
 def save_checkpoint(
@@ -80,19 +79,8 @@ def write_card(model_dir: str | Path, card: dict[str, Any]) -> Path:
     """Write ``card.json`` (adds ``sha256`` of model.pt and keeps ``default_threshold``)."""
     d = Path(model_dir)
     card = dict(card)
-    card["sha256"] = sha256_file(d / MODEL_FILE)
+    card["sha256"] = sha256_file(d / WEIGHTS_FILE)
     card.setdefault("default_threshold", None)
     data = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(d / CARD_FILE, data)
     return d / CARD_FILE
-
-
-def read_card(model_dir: str | Path) -> dict[str, Any]:
-    p = Path(model_dir) / CARD_FILE
-    if not p.is_file():
-        return {}
-    try:
-        card = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"bad card {p}: {exc}", code="model_card_invalid") from exc
-    return card if isinstance(card, dict) else {}

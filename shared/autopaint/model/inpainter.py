@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from autopaint.errors import InvalidInput, ModelError
-from autopaint.model.checkpoint import load_checkpoint, model_from_checkpoint, read_card, sha256_file
+from autopaint.fsutil import sha256_file
+from autopaint.model.checkpoint import load_checkpoint, model_from_checkpoint
 from autopaint.model.evaluate import autocast_for
 from autopaint.model.flops import flops_per_image
 from autopaint.model.layers import GatedConv2d
 from autopaint.model.networks import ModelConfig
-from autopaint.model.registry import resolve
+from autopaint.model_cards import read_card, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,14 @@ class Inpainter:
         self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str | torch.device = "auto",
-             max_batch: int | None = None) -> Inpainter:
-        """Load ``model.pt`` (a registry name, model dir or file) onto ``device`` ("auto" = CUDA if any).
+    def load(cls, name_or_path: str | Path | None, device: str | torch.device = "auto",
+             max_batch: int | None = None, models_dir: str | Path | None = None) -> Inpainter:
+        """Load ``model.pt`` (a model name under ``models_dir``, default the shipped models; a model
+        dir or file; None = the default model) onto ``device`` ("auto" = CUDA if any).
 
         ``max_batch`` None: the device's default chunk (:data:`CPU_MAX_BATCH` / :data:`CUDA_MAX_BATCH`);
         callers may pass any number of images to :meth:`inpaint`, it is chunked internally."""
-        path = resolve(name_or_path)
+        path = resolve_weights(name_or_path, models_dir)
         ckpt = load_checkpoint(path)
         net, cfg = model_from_checkpoint(ckpt)
         sha = sha256_file(path)

@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autopaint.errors import Cancelled, InvalidInput, ModelError
+from autopaint.fsutil import sha256_file
+from autopaint.imaging.modality import check_roles
 from autopaint.imaging.volume import Volume
 from autopaint.segment.delineate import DelineationParams, delineate
 from autopaint.segment.engine import AutoinpaintResult, autoinpaint
 from autopaint.segment.hotspot import ReferenceUptake, hot_map, reference_uptake
 from autopaint.segment.lesions import lesion_table
 from autopaint.segment.metrics import lesion_metrics, segmentation_metrics, slice_hit_rate
-from autopaint.segment.outputs import (
-    sha256_file,
-)
 from autopaint.segment.profile import Accuracy, HotspotGate, Profile, resolve
 from autopaint.segment.thresholds import resolve_threshold, sweep
 from autopaint.segment.types import CancelFn, InpainterLike, Mode, ProgressEvent, ProgressFn, SearchParams
@@ -102,25 +101,23 @@ class PipelineResult:
     engine: AutoinpaintResult
 
 
-def sha256_of(path: str | Path) -> str:
-    return sha256_file(Path(path))
-
-
 def load_inputs(ct_path: str | Path | None = None, pet_path: str | Path | None = None,
                 organ_mask_path: str | Path | None = None, label_path: str | Path | None = None,
-                suv: dict[str, Any] | None = None, suv_already: bool = False) -> PipelineInputs:
+                suv: dict[str, Any] | None = None, suv_already: bool = False,
+                known_sha256: dict[str, str] | None = None) -> PipelineInputs:
     """Validate (header first, :func:`imaging.validate.validate_nifti`), read and hash the inputs.
 
     PET: ``suv_already=True`` when the voxels are SUV; otherwise ``suv`` must hold ``weight_kg``,
     ``injected_dose_bq``, ``delay_s`` (``half_life_s`` optional) for the Bq/ml -> SUVbw conversion
-    (``InvalidInput(code="missing_suv_info")`` when missing).
+    (``InvalidInput(code="missing_suv_info")`` when missing). ``known_sha256``: roles whose files
+    were validated and hashed already (the service's stored inputs): read as they are.
     """
     from autopaint.imaging.io import read_volume
     from autopaint.imaging.suv import pet_to_suv
     from autopaint.imaging.validate import validate_nifti
 
-    if ct_path is None and pet_path is None:
-        raise InvalidInput("need a CT or a PET", code="missing_input")
+    check_roles(None, [r for r, p in (("ct", ct_path), ("pet", pet_path)) if p is not None])
+    known = dict(known_sha256 or {})
     vols: dict[str, Volume | None] = {}
     hashes: dict[str, str] = {}
     for role, path, vrole in (("ct", ct_path, "ct"), ("pet", pet_path, "pet"),
@@ -130,8 +127,11 @@ def load_inputs(ct_path: str | Path | None = None, pet_path: str | Path | None =
             continue
         if not Path(path).is_file():
             raise InvalidInput(f"{role} file not found", code="file_not_found")
-        validate_nifti(path, role=vrole)
-        hashes[role] = sha256_of(path)
+        if role in known:
+            hashes[role] = known[role]
+        else:
+            validate_nifti(path, role=vrole)
+            hashes[role] = sha256_file(path)
         vols[role] = read_volume(path)
     pet = vols["pet"]
     if pet is not None:
@@ -159,29 +159,12 @@ def _preprocess_params(inpainter: InpainterLike, preset: str | None) -> tuple[An
     return params_for(preset, inpainter.modality, inpainter.size), preset
 
 
-def _check_modality(inputs: PipelineInputs, modality: str) -> None:
-    need = {"ct": ("ct",), "pet": ("pet",), "petct": ("ct", "pet")}.get(modality)
-    if need is None:
-        raise ModelError(f"model has unknown modality {modality!r}", code="modality_mismatch")
-    missing = [m for m in need if getattr(inputs, m) is None]
-    if missing:
-        raise ModelError(f"model modality {modality!r} needs {' and '.join(m.upper() for m in need)};"
-                         f" missing {', '.join(m.upper() for m in missing)}", code="modality_mismatch")
-
-
-def _on_reference(vol: Volume, reference: Volume) -> np.ndarray:
-    """A mask/label volume as bool (I, J, K) on the reference grid (nearest neighbour)."""
-    from autopaint.imaging.preprocess import resample_to, same_grid
-
-    if same_grid(vol, reference):
-        return np.asarray(vol.data) > 0
-    return resample_to(vol.with_data(np.asarray(vol.data, np.float32)), reference, order=0).data > 0.5
-
-
 def organ_of_interest(inputs: PipelineInputs, reference: Volume, preset: str) -> np.ndarray:
     """Bool (I, J, K) OOI on the reference grid: the user's mask, else ``organs.ooi_mask``."""
+    from autopaint.imaging.resample import mask_on_grid
+
     if inputs.organ_mask is not None:
-        ooi = _on_reference(inputs.organ_mask, reference)
+        ooi = mask_on_grid(inputs.organ_mask, reference)
     elif inputs.ct is not None:
         from autopaint.imaging.organs import ooi_mask
 
@@ -220,7 +203,7 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     out = Path(out_dir)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    _check_modality(inputs, inpainter.modality)
+    check_roles(inpainter.modality, [r for r in ("ct", "pet") if getattr(inputs, r) is not None])
     pp, preset = _preprocess_params(inpainter, params.preset)
     if pp.size != inpainter.size or pp.modality != inpainter.modality:
         raise ModelError(f"model preprocessing ({pp.modality}, {pp.size}px) does not match the network"
@@ -246,7 +229,9 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     lesions = lesion_table(ref.with_data(mask), suv)
     metrics: dict[str, Any] | None = None
     if inputs.label is not None:
-        lab = _on_reference(inputs.label, ref)
+        from autopaint.imaging.resample import mask_on_grid
+
+        lab = mask_on_grid(inputs.label, ref)
         lab_model = case.mask_to_model(lab)
         metrics = {"at_threshold": segmentation_metrics(mask > 0, lab), "sweep": sweep(residual, lab),
                    "lesionwise": lesion_metrics(mask > 0, lab, ref.voxel_volume_ml),

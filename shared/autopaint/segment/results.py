@@ -15,14 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from autopaint.fsutil import atomic_write_bytes, sha256_file
 from autopaint.segment.engine import AutoinpaintResult
-from autopaint.segment.outputs import (
-    atomic_write_bytes,
-    sha256_file,
-    to_json_bytes,
-    write_lesions,
-    write_volume_atomic,
-)
+from autopaint.segment.outputs import to_json_bytes, write_lesions, write_volume_atomic
 from autopaint.segment.preview import render_preview
 
 log = logging.getLogger(__name__)

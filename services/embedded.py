@@ -137,7 +137,7 @@ def start_worker(settings: Settings, queues: list[str], concurrency: int = 1,
     from services.worker.config import settings_env
 
     env = {**os.environ, **settings_env(settings), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "autopaint.cli", "worker", "--queues", ",".join(queues),
+    cmd = [sys.executable, "-m", "services.cli", "worker", "--queues", ",".join(queues),
            "--concurrency", str(concurrency), "--loglevel", loglevel,
            "--name", f"autopaint-{secrets.token_hex(4)}"]
     out: Any = subprocess.DEVNULL

@@ -34,7 +34,7 @@ def run_demo(state_dir: Path, port: int = 8765, seed: int = 0, model: str | None
 
     from autopaint.client import Client, lesion_lines
     from autopaint.client_cohort import rich_job_progress
-    from autopaint.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare
+    from services.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare
 
     console = Console()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -50,7 +50,7 @@ def serve(
     With no AUTOPAINT_DATABASE_URL / AUTOPAINT_BROKER_URL this is the embedded default: SQLite
     database, the kombu sqla+sqlite broker and local storage under the state folder.
     """
-    from autopaint.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare, recover_jobs
+    from services.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare, recover_jobs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -171,7 +171,7 @@ def demo(
 ) -> None:
     """The README's demo: start the embedded service, submit a phantom case, follow it, download
     the results, print the lesions and the Dice against the phantom's label, stop the service."""
-    from autopaint.demo import run_demo
+    from services.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir.resolve(), port=port, seed=seed))
 
