@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 from autopaint.errors import InvalidInput
 from autopaint.fsutil import atomic_path
+from autopaint.imaging.suv import injection_time, scan_reference_time
+from autopaint.imaging.validate_header import ValidationLimits
 from autopaint.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -185,18 +190,11 @@ def write_volume(vol: Volume, path: str | Path, dtype: Any = None, backend: Back
 
 # ------------------------------------------------------------------------------------------- DICOM
 
-# DICOM tags read with SimpleITK (flat, top-level elements; "group|element" keys).
-_FLAT_TAGS = {
-    "modality": "0008|0060",
-    "weight_kg": "0010|1030",
-    "units": "0054|1001",
-    "decay_correction": "0054|1102",
-    "series_date": "0008|0021",
-    "series_time": "0008|0031",
-    "acquisition_date": "0008|0022",
-    "acquisition_time": "0008|0032",
-}
+# Objects that share folders with image series but are not slices: skipped when scanning.
+_NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SEG", "SR", "PR", "KO", "REG", "DOC"}
 SUV_KEYS = ("weight_kg", "injected_dose_bq", "delay_s", "half_life_s", "units")
+SLICE_SPACING_TOLERANCE = 0.01  # largest relative deviation of one slice step from the median step
+_SLICE_HEADER = ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient")
 
 
 def _parse_dicom_datetime(date: str | None, time: str | None) -> datetime.datetime | None:
@@ -218,106 +216,233 @@ def _parse_dicom_datetime(date: str | None, time: str | None) -> datetime.dateti
     return base + datetime.timedelta(microseconds=micro)
 
 
-def _flat_tags(first_file: str) -> dict[str, str]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(first_file)
-    reader.LoadPrivateTagsOn()
-    reader.ReadImageInformation()
-    keys = set(reader.GetMetaDataKeys())
-    return {name: reader.GetMetaData(tag).strip() for name, tag in _FLAT_TAGS.items()
-            if tag in keys and reader.GetMetaData(tag).strip()}
+def _text(ds: Any, keyword: str) -> str:
+    value = ds.get(keyword) if ds is not None else None
+    return "" if value is None else str(value).strip()
 
 
-def _radiopharmaceutical(first_file: str) -> dict[str, str]:
-    """RadiopharmaceuticalInformationSequence (0054,0016), first item.
-
-    SimpleITK/GDCM skip sequence (SQ) elements when filling the metadata dictionary, so this one
-    nested sequence is read with pydicom (header only, no pixel data).
-    """
-    import pydicom
-
-    ds = pydicom.dcmread(first_file, stop_before_pixels=True, specific_tags=[(0x0054, 0x0016)])
-    seq = ds.get((0x0054, 0x0016))
-    if seq is None or not seq.value:
-        return {}
-    item = seq.value[0]
-    out: dict[str, str] = {}
-    for name, tag in (("dose", (0x0018, 0x1074)), ("half_life", (0x0018, 0x1075)),
-                      ("start_time", (0x0018, 0x1072)), ("start_datetime", (0x0018, 0x1078))):
-        if tag in item and item[tag].value not in (None, ""):
-            out[name] = str(item[tag].value).strip()
-    return out
+def _positive(value: object) -> float | None:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) and out > 0 else None
 
 
-def pet_suv_tags(first_file: str | Path) -> dict[str, Any]:
-    """PET SUV-relevant tags of one DICOM file (all slices of a series share them).
+def _private(ds: Dataset, group: int, offset: int, creator: str) -> str:
+    """A private element's value as text (by its creator; the bare (gggg,10xx) tag when no creator)."""
+    elem: Any
+    try:
+        elem = ds.get_private_item(group, offset, creator)
+    except KeyError:
+        elem = ds.get((group, 0x1000 + offset)) if (group, 0x0010) not in ds else None
+    value = None if elem is None else elem.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "ignore").strip("\0 ")
+    return "" if value is None else str(value).strip()
 
-    Keys always present (``None`` when the file lacks them; ``missing`` lists those):
-    ``weight_kg`` (PatientWeight 0010,1030), ``injected_dose_bq`` (RadionuclideTotalDose 0018,1074),
-    ``half_life_s`` (RadionuclideHalfLife 0018,1075), ``delay_s`` (series date/time 0008,0021/0031 —
-    else acquisition 0008,0022/0032 — minus RadiopharmaceuticalStartDateTime 0018,1078, else
-    StartTime 0018,1072 on the series date; +24 h when it crosses midnight), ``units`` (0054,1001,
-    e.g. ``BQML``). Also ``modality``, ``decay_correction`` (0054,1102), ``delay_reference``
-    (``series`` or ``acquisition``). Not handled: vendor private dose tags (e.g. Philips SUV scale
-    factor 7053,1000), lean-body-mass inputs (height, sex).
-    """
-    first = str(first_file)
-    flat = _flat_tags(first)
-    rp = _radiopharmaceutical(first)
-    out: dict[str, Any] = {k: None for k in SUV_KEYS}
-    out["modality"] = flat.get("modality")
-    out["decay_correction"] = flat.get("decay_correction")
-    out["units"] = flat.get("units")
-    for key, src, raw in (("weight_kg", "flat", flat.get("weight_kg")),
-                          ("injected_dose_bq", "rp", rp.get("dose")),
-                          ("half_life_s", "rp", rp.get("half_life"))):
-        try:
-            value = float(raw) if raw is not None else None
-        except ValueError:
-            log.warning("unparsable %s tag (%s)", key, src)
-            value = None
-        out[key] = value if value is not None and np.isfinite(value) and value > 0 else None
-    ref, ref_name = _parse_dicom_datetime(flat.get("series_date"), flat.get("series_time")), "series"
-    if ref is None:
-        ref = _parse_dicom_datetime(flat.get("acquisition_date"), flat.get("acquisition_time"))
-        ref_name = "acquisition"
-    start = _parse_dicom_datetime(None, rp.get("start_datetime")) if rp.get("start_datetime") else None
-    if start is None and ref is not None:
-        start = _parse_dicom_datetime(ref.strftime("%Y%m%d"), rp.get("start_time"))
-        if start is not None and start > ref:
-            start -= datetime.timedelta(days=1)  # injected before midnight, scanned after
-    if ref is not None and start is not None:
-        out["delay_s"] = (ref - start).total_seconds()
-        out["delay_reference"] = ref_name
+
+def _datetime(ds: Dataset, prefix: str) -> datetime.datetime | None:
+    if _text(ds, prefix + "DateTime"):
+        return _parse_dicom_datetime(None, _text(ds, prefix + "DateTime"))
+    return _parse_dicom_datetime(_text(ds, prefix + "Date"), _text(ds, prefix + "Time"))
+
+
+def _suv_tags(slices: list[Dataset]) -> dict[str, Any]:
+    """SUV inputs of a series (see :func:`pet_suv_tags`); the scan time needs every slice."""
+    first = slices[0]
+    seq = first.get("RadiopharmaceuticalInformationSequence")
+    rp = seq[0] if seq else None
+    ref, ref_name = scan_reference_time(
+        _datetime(first, "Series"), [t for ds in slices if (t := _datetime(ds, "Acquisition")) is not None],
+        _parse_dicom_datetime(None, _private(first, 0x0009, 0x0D, "GEMS_PETD_01")))
+    day = _text(first, "SeriesDate") or (ref.strftime("%Y%m%d") if ref else "")
+    inj, note = injection_time(_parse_dicom_datetime(None, _text(rp, "RadiopharmaceuticalStartDateTime")),
+                               _parse_dicom_datetime(day, _text(rp, "RadiopharmaceuticalStartTime")), ref)
+    corrected = first.get("CorrectedImage")
+    out: dict[str, Any] = {
+        "origin": "dicom", "modality": _text(first, "Modality") or None, "units": _text(first, "Units") or None,
+        "decay_correction": _text(first, "DecayCorrection") or None, "suv_type": _text(first, "SUVType") or None,
+        "corrected_image": [str(v) for v in ([corrected] if isinstance(corrected, str) else corrected or [])],
+        "weight_kg": _positive(first.get("PatientWeight")),
+        "injected_dose_bq": _positive(rp.get("RadionuclideTotalDose") if rp else None),
+        "half_life_s": _positive(rp.get("RadionuclideHalfLife") if rp else None),
+        "injection_time": inj.isoformat() if inj else None, "reference_time": ref.isoformat() if ref else None,
+        "delay_reference": ref_name, "delay_s": (ref - inj).total_seconds() if ref and inj else None,
+        "philips_suv_scale": _positive(_private(first, 0x7053, 0x00, "Philips PET Private Group")),
+        "philips_activity_scale": _positive(_private(first, 0x7053, 0x09, "Philips PET Private Group")),
+        "suv_notes": [note] if note else [],
+    }
     out["missing"] = [k for k in SUV_KEYS if out[k] is None]
     return out
 
 
-def read_dicom_series(directory: str | Path, series_id: str | None = None) -> tuple[Volume, dict[str, Any]]:
-    """Read one DICOM series (a folder of slices) into a float32 Volume and its PET SUV tags.
+def pet_suv_tags(first_file: str | Path) -> dict[str, Any]:
+    """PET SUV inputs of one DICOM file (``read_dicom_series`` uses every slice of the series).
 
-    Pixel values are rescaled (RescaleSlope/Intercept per slice): HU for CT, the stored units for PET
-    (see ``tags["units"]``). Slice order and geometry come from SimpleITK/GDCM (ImagePositionPatient
-    along the slice normal). ``series_id``: which series when the folder holds several (default: the
-    first GDCM finds). The dict is described in :func:`pet_suv_tags`.
+    Keys (``None`` when absent; ``missing`` lists those of ``SUV_KEYS``): ``origin`` (``"dicom"``),
+    ``modality``, ``units`` (0054,1001), ``decay_correction`` (0054,1102), ``suv_type`` (0054,1006),
+    ``corrected_image`` (0028,0051), ``weight_kg`` (PatientWeight 0010,1030), ``injected_dose_bq``
+    (0018,1074), ``half_life_s`` (0018,1075), ``injection_time`` and ``reference_time`` (ISO 8601),
+    ``delay_reference`` (``series``, ``acquisition`` or ``ge-private``), ``delay_s``,
+    ``philips_suv_scale`` (7053,1000), ``philips_activity_scale`` (7053,1009), ``suv_notes``. The
+    rules (QIBA scan time, injection time, midnight) are those of :mod:`autopaint.imaging.suv`.
+    """
+    try:
+        ds = pydicom.dcmread(str(first_file), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise InvalidInput("not a readable DICOM file", code="not_dicom") from exc
+    return _suv_tags([ds])
+
+
+def _read_slice_header(path: Path) -> Dataset | None:
+    """Header (no pixel data) of an image slice; None for non-DICOM files and non-image objects."""
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # not DICOM, truncated...: not part of any series
+        return None
+    if _text(ds, "Modality").upper() in _NON_IMAGE_MODALITIES or any(k not in ds for k in _SLICE_HEADER):
+        return None
+    return ds
+
+
+def _scan(directory: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+    """Image slices under ``directory`` (recursively, hidden names skipped) by SeriesInstanceUID."""
+    found: dict[str, list[tuple[Path, Dataset]]] = {}
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            ds = _read_slice_header(Path(root) / name)
+            if ds is not None:
+                found.setdefault(_text(ds, "SeriesInstanceUID") or "unknown", []).append((Path(root) / name, ds))
+    return found
+
+
+def _describe(found: dict[str, list[tuple[Path, Dataset]]]) -> list[dict[str, Any]]:
+    return [{"series_instance_uid": uid, "modality": _text(items[0][1], "Modality") or None,
+             "n_files": len(items), "description": _text(items[0][1], "SeriesDescription") or None}
+            for uid, items in found.items()]
+
+
+def list_dicom_series(directory: str | Path) -> list[dict[str, Any]]:
+    """The image series under ``directory``: ``series_instance_uid``, ``modality``, ``n_files``,
+    ``description`` (non-DICOM files and non-image objects such as RTSTRUCT or SEG are skipped)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidInput(f"DICOM series folder not found: {directory.name!r}", code="not_dicom")
+    return _describe(_scan(directory))
+
+
+def _geometry_error(message: str) -> InvalidInput:
+    return InvalidInput(message, code="dicom_geometry")
+
+
+def _stack(items: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], np.ndarray]:
+    """Sort the slices along their normal, check that they form a regular grid, return the RAS affine."""
+    dss = [ds for _, ds in items]
+    sizes = sorted({(int(ds.Rows), int(ds.Columns)) for ds in dss})
+    if len(sizes) > 1:
+        raise _geometry_error(f"slices have different sizes (rows x columns): {sizes}")
+    if any(int(ds.get("NumberOfFrames") or 1) > 1 for ds in dss):
+        raise _geometry_error("multi-frame DICOM images are not supported")
+    try:
+        iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in dss]).reshape(len(dss), 6)
+        ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in dss]).reshape(len(dss), 3)
+        ps = np.array([[float(v) for v in ds.PixelSpacing] for ds in dss]).reshape(len(dss), 2)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise _geometry_error("ImagePositionPatient, ImageOrientationPatient or PixelSpacing missing or "
+                              "malformed") from exc
+    if np.abs(iop - iop[0]).max() > 1e-4:
+        raise _geometry_error("slices have different orientations (ImageOrientationPatient)")
+    if np.abs(ps - ps[0]).max() > 1e-4 * ps[0].max() or ps.min() <= 0:
+        raise _geometry_error("slices have different or non-positive PixelSpacing")
+    row, col = iop[0, :3], iop[0, 3:]
+    if max(abs(np.linalg.norm(row) - 1), abs(np.linalg.norm(col) - 1), abs(row @ col)) > 1e-3:
+        raise _geometry_error("ImageOrientationPatient is not two orthogonal unit vectors")
+    normal = np.cross(row, col)
+    order = np.argsort(ipp @ normal, kind="stable")
+    ipp = ipp[order]
+    pos = ipp @ normal
+    step = _positive(dss[0].get("SpacingBetweenSlices")) or _positive(dss[0].get("SliceThickness")) or 1.0
+    if len(pos) > 1:
+        d = np.diff(pos)
+        if d.min() < 1e-3:
+            raise _geometry_error(f"{int((d < 1e-3).sum()) + 1} slices share a position along the slice normal "
+                                  "(dynamic, multi-phase or duplicated series?)")
+        step = float(np.median(d))
+        dev = np.abs(d - step) / step
+        k = int(np.argmax(dev))
+        if dev[k] > SLICE_SPACING_TOLERANCE:
+            gap = d[k] / step - 1
+            if round(gap) >= 1 and abs(gap - round(gap)) < 0.1:
+                raise _geometry_error(f"missing slice(s): a gap of {d[k]:.4g} mm between slices at {pos[k]:.2f} and "
+                                      f"{pos[k + 1]:.2f} mm where the spacing is {step:.4g} mm "
+                                      f"(about {round(gap)} missing)")
+            raise _geometry_error(f"uneven slice spacing: steps from {d.min():.4g} to {d.max():.4g} mm, more than "
+                                  f"{SLICE_SPACING_TOLERANCE:.0%} from the median {step:.4g} mm")
+        drift = np.linalg.norm((ipp - ipp[0]) - np.outer(pos - pos[0], normal), axis=1).max()
+        if drift > 0.5 * ps[0].min():
+            raise _geometry_error(f"slice positions drift {drift:.3g} mm in-plane along the stack (gantry tilt?)")
+    lps = np.column_stack([row * ps[0, 1], col * ps[0, 0], normal * step])
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = _FLIP_XY @ lps, _FLIP_XY @ ipp[0]
+    return [items[i] for i in order], affine
+
+
+def read_dicom_series(directory: str | Path, series_uid: str | None = None) -> tuple[Volume, dict[str, Any]]:
+    """Read one DICOM image series under ``directory`` (searched recursively) into a float32 Volume.
+
+    Non-DICOM files and non-image objects (RTSTRUCT, SEG...) are skipped. Several series and no
+    ``series_uid``: ``multiple_series`` (the message lists UID, modality and file count; see
+    :func:`list_dicom_series`); an unknown ``series_uid``: ``series_not_found``. The geometry comes
+    from ImagePositionPatient / ImageOrientationPatient / PixelSpacing and is checked: different
+    sizes, orientations or pixel spacings, a missing slice, spacing more than 1 % uneven or in-plane
+    drift (tilt) raise ``dicom_geometry``. Pixel values are rescaled per slice (HU for CT, the stored
+    units for PET, see ``tags["units"]``).
+
+    The dict holds the keys of :func:`pet_suv_tags` (scan time from all slices) plus
+    ``series_instance_uid``, ``study_instance_uid``, ``frame_of_reference_uid``,
+    ``series_description``, ``files`` (paths in slice order, k = 0 first), ``n_files``,
+    ``n_series_in_folder``.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidInput(f"DICOM series folder not found: {directory.name!r}", code="not_dicom")
+    found = _scan(directory)
+    listing = "; ".join(f"{s['series_instance_uid']} ({s['modality']}, {s['n_files']} files)" for s in _describe(found))
+    if not found:
+        raise InvalidInput("no DICOM image series found in the folder", code="not_dicom")
+    if series_uid is None and len(found) > 1:
+        raise InvalidInput(f"the folder holds {len(found)} DICOM series, choose one by SeriesInstanceUID: "
+                           f"{listing}", code="multiple_series")
+    uid = series_uid if series_uid is not None else next(iter(found))
+    if uid not in found:
+        raise InvalidInput(f"DICOM series {uid!r} not found; the folder holds: {listing}", code="series_not_found")
+    unique: dict[str, tuple[Path, Dataset]] = {}
+    for path, ds in found[uid]:  # the same instance twice (a copied file) counts once
+        unique.setdefault(_text(ds, "SOPInstanceUID") or str(path), (path, ds))
+    items, affine = _stack(list(unique.values()))
+    rows, cols, n = int(items[0][1].Rows), int(items[0][1].Columns), len(items)
+    if rows * cols * n > ValidationLimits().max_voxels:
+        raise InvalidInput(f"DICOM series has {rows * cols * n} voxels, limit {ValidationLimits().max_voxels}",
+                           code="too_many_voxels")
+    files = [str(p) for p, _ in items]
     reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(directory))
-    if not ids:
-        raise InvalidInput("no DICOM series found in the folder", code="not_dicom")
-    sid = series_id if series_id is not None else ids[0]
-    files = reader.GetGDCMSeriesFileNames(str(directory), sid)
-    if not files:
-        raise InvalidInput(f"DICOM series {sid!r} not found", code="not_dicom")
     reader.SetFileNames(files)
     reader.SetOutputPixelType(sitk.sitkFloat32)
-    img = reader.Execute()
-    vol = from_sitk(img, dtype=np.float32)
-    tags: dict[str, Any] = pet_suv_tags(files[0])
-    tags["n_series_in_folder"] = len(ids)
-    tags["n_files"] = len(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise InvalidInput("could not decode the DICOM pixel data", code="dicom_unreadable") from exc
+    if img.GetSize() != (cols, rows, n) or img.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInput(f"DICOM pixel data is {img.GetSize()}, headers say {(cols, rows, n)}",
+                           code="dicom_unreadable")
+    vol = Volume(np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))), affine)
+    tags = _suv_tags([ds for _, ds in items])
+    first = items[0][1]
+    tags.update(series_instance_uid=uid, study_instance_uid=_text(first, "StudyInstanceUID") or None,
+                frame_of_reference_uid=_text(first, "FrameOfReferenceUID") or None,
+                series_description=_text(first, "SeriesDescription") or None, files=files, n_files=n,
+                n_series_in_folder=len(found))
     log.info("read DICOM series: %s voxels, modality %s", vol.shape, tags.get("modality"))
     return vol, tags
