@@ -62,7 +62,7 @@ def recover_jobs(settings: Settings) -> int:
     try:
         with make_session_factory(engine)() as session:
             rows = session.execute(select(Job.id, Job.queue).where(
-                Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()
+                Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).all()
     finally:
         engine.dispose()
     if rows:

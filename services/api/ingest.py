@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autopaint.errors import InvalidInput
+from autopaint.contracts import StoredInput
 from autopaint.storage import Storage, input_key
+
+if TYPE_CHECKING:
+    from autopaint.imaging.validate import Role
 
 log = logging.getLogger(__name__)
 
-VALIDATE_ROLE = {"ct": "ct", "pet": "pet", "organ_mask": "mask", "label": "mask"}
+VALIDATE_ROLE: dict[str, Role] = {"ct": "ct", "pet": "pet", "organ_mask": "mask", "label": "mask"}
+"""Input role -> the validation rules it gets."""
 
 
 def limits_for(max_voxels: int, max_file_bytes: int) -> Any:
@@ -49,27 +53,15 @@ def validate_files(paths: dict[str, Path], limits: Any) -> None:
 
 def sanitize_and_store(
     storage: Storage, job_id: str, paths: dict[str, Path], workdir: Path
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, StoredInput]:
     """Re-write each file with a fresh header and store it; return ``{role: {key, sha256, bytes}}``."""
     from autopaint.imaging.io import read_volume, write_volume
 
-    stored: dict[str, dict[str, Any]] = {}
+    stored: dict[str, StoredInput] = {}
     for role, path in paths.items():
         vol = read_volume(path, dtype=None)
         clean = write_volume(vol, workdir / f"clean-{role}.nii.gz", dtype=vol.data.dtype)
         key = input_key(job_id, role)
         sha, n = storage.put_file(key, clean)
-        stored[role] = {"key": key, "sha256": sha, "bytes": n}
+        stored[role] = StoredInput(key=key, sha256=sha, bytes=n)
     return stored
-
-
-def required_roles(modality: str | None, roles: set[str]) -> None:
-    """At least one image; the requested modality's images present (raises ``InvalidInput``)."""
-    if not roles & {"ct", "pet"}:
-        raise InvalidInput("upload a 'ct' and/or a 'pet' NIfTI file", code="missing_input")
-    need = {"ct": {"ct"}, "pet": {"pet"}, "petct": {"ct", "pet"}}.get(modality or "", set())
-    missing = need - roles
-    if missing:
-        raise InvalidInput(
-            f"modality '{modality}' needs {', '.join(sorted(missing))}", code="missing_input"
-        )

@@ -17,8 +17,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from autopaint.contracts import JobState, Stage
+from autopaint.contracts import JobState
 from autopaint.db import Job
+from autopaint.progress import Stage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class _DbCollector(Collector):
                 counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
                 timings = s.scalars(
                     select(Job.timings)
-                    .where(Job.state == JobState.SUCCEEDED.value)
+                    .where(Job.state == JobState.SUCCEEDED)
                     .order_by(Job.finished_at.desc())
                     .limit(STAGE_SAMPLE)
                 ).all()
@@ -45,10 +46,10 @@ class _DbCollector(Collector):
             return
         by_state = GaugeMetricFamily("autopaint_jobs", "Jobs by state", labels=["state"])
         for st in JobState:
-            by_state.add_metric([st.value], float(counts.get(st.value, 0)))
+            by_state.add_metric([st.value], float(counts.get(st, 0)))
         yield by_state
         depth = GaugeMetricFamily("autopaint_queue_depth", "Jobs waiting to run (state queued)")
-        depth.add_metric([], float(counts.get(JobState.QUEUED.value, 0)))
+        depth.add_metric([], float(counts.get(JobState.QUEUED, 0)))
         yield depth
         msgs = self.broker_depth()
         if msgs is not None:

@@ -42,15 +42,15 @@ def _jobs(session: DbSession, cohort_id: str) -> list[Job]:
 def _out(session: DbSession, cohort: Cohort) -> CohortOut:
     jobs = _jobs(session, cohort.id)
     counts = Counter(j.state for j in jobs)
-    finished = sum(counts[s.value] for s in JobState if s.terminal)
+    finished = sum(counts[s] for s in JobState if s.terminal)
     cases = [
         CohortCase(job_id=j.id, case_name=j.case_name, state=j.state, stage=j.stage,
-                   fraction=1.0 if j.state == JobState.SUCCEEDED.value
+                   fraction=1.0 if j.state == JobState.SUCCEEDED
                    else (j.progress_done / j.progress_total if j.progress_total else None),
                    error_code=j.error_code)
         for j in jobs
     ]
-    return CohortOut(id=cohort.id, name=cohort.name, created_at=cohort.created_at, counts=dict(counts),
+    return CohortOut(id=cohort.id, name=cohort.name, created_at=cohort.created_at, counts={s.value: n for s, n in counts.items()},
                      progress=finished / len(jobs) if jobs else 0.0, cases=cases,
                      lesions_csv_url=f"/v1/cohorts/{cohort.id}/lesions.csv",
                      metrics_csv_url=f"/v1/cohorts/{cohort.id}/metrics.csv")
@@ -96,7 +96,7 @@ def cohort_lesions(cohort_id: str, session: DbSession, owner: Owner, ctx: Ctx) -
     rows: list[dict[str, Any]] = []
     fields: list[str] = ["job_id", "case_name"]
     for job in _jobs(session, cohort_id):
-        if job.state != JobState.SUCCEEDED.value:
+        if job.state != JobState.SUCCEEDED:
             continue
         text = _artifact_text(session, ctx.storage, job.id, "lesions.csv")
         if not text:
@@ -125,7 +125,7 @@ def cohort_metrics(cohort_id: str, session: DbSession, owner: Owner, ctx: Ctx) -
     for job in _jobs(session, cohort_id):
         row: dict[str, Any] = {"job_id": job.id, "case_name": job.case_name or "", "state": job.state,
                                "error_code": job.error_code or ""}
-        if job.state == JobState.SUCCEEDED.value:
+        if job.state == JobState.SUCCEEDED:
             text = _artifact_text(session, ctx.storage, job.id, "lesions.csv")
             if text is not None:
                 les = list(csv.DictReader(io.StringIO(text)))

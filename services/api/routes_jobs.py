@@ -17,11 +17,12 @@ from autopaint.contracts import JobParams, JobState
 from autopaint.db import Artifact, Cohort, Job, new_id
 from autopaint.db import jobs as repo
 from autopaint.errors import InvalidInput
+from autopaint.imaging.modality import check_model_modality, check_roles
 from autopaint.model_cards import list_cards
 from autopaint.storage import UploadTooLarge, job_prefix
 from services.api.deps import AppContext, Ctx, DbSession, Owner
 from services.api.errors import ApiError, not_found
-from services.api.ingest import check_head, limits_for, required_roles, sanitize_and_store, validate_files
+from services.api.ingest import check_head, limits_for, sanitize_and_store, validate_files
 from services.api.queue import BrokerUnavailable
 from services.api.schemas import ArtifactOut, ErrorOut, JobOut, JobPage, ResultsOut
 from services.api.uploads import ParsedUpload, UploadedFile, parse_upload
@@ -77,19 +78,26 @@ def _replay(ctx: AppContext, job: Job) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Idempotent-Replayed": "true", "Location": f"/v1/jobs/{job.id}"})
 
 
-def _params(ctx: AppContext, fields: dict[str, str]) -> JobParams:
+def _params(ctx: AppContext, fields: dict[str, str], roles: set[str]) -> JobParams:
+    """The job's parameters with the model resolved (the one place the default model is chosen),
+    checked against that model's card: its modality's images present, the PET units stated."""
     try:
         params = JobParams.model_validate_json(fields.get("params") or "{}")
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInput(f"invalid params: {msg}", code="invalid_params") from exc
-    if params.model is not None:
-        names = {c["name"] for c in list_cards(ctx.settings.resolved_models_dir())}
-        if params.model not in names:
-            raise InvalidInput(f"unknown model {params.model[:100]!r}; see GET /v1/models", code="unknown_model")
-    if not params.suv_already and not (params.weight_kg and params.injected_dose_bq and params.delay_s is not None):
-        raise InvalidInput("PET in Bq/mL needs weight_kg, injected_dose_bq and delay_s", code="invalid_params")
-    return params
+    model = params.model or ctx.settings.default_model
+    cards = {c["name"]: c for c in list_cards(ctx.settings.resolved_models_dir())}
+    if model not in cards:
+        raise InvalidInput(f"unknown model {model[:100]!r}; see GET /v1/models", code="unknown_model")
+    if not cards[model]["has_weights"]:
+        raise InvalidInput(f"model {model!r} has no weights on this server", code="model_unavailable")
+    model_modality = cards[model].get("modality")
+    check_model_modality(params.modality, model_modality, model)
+    check_roles(params.modality or model_modality, roles)
+    if "pet" in roles:
+        params.require_complete()
+    return params.model_copy(update={"model": model})
 
 
 def _cohort(ctx: AppContext, owner: str, cohort_id: str | None) -> str | None:
@@ -138,20 +146,17 @@ async def submit_job(
         parsed: ParsedUpload = await parse_upload(
             request.headers.get("content-type", ""), request.stream(), tmp, s.max_upload_bytes, head_check
         )
-        params = _params(ctx, parsed.fields)
+        params = _params(ctx, parsed.fields, set(parsed.files))
         cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
         case_name = (parsed.fields.get("case_name") or "").strip()[:200] or None
-        required_roles(params.modality, set(parsed.files))
         paths = {role: f.path for role, f in parsed.files.items()}
         await run_in_threadpool(validate_files, paths, limits)
         stored = True
         inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp)
-        job_params = params.model_dump(mode="json")
-        job_params["model"] = params.model or s.default_model
         with ctx.sessions() as session:
             job = Job(
                 id=job_id, owner_key_id=owner, cohort_id=cohort_id, case_name=case_name,
-                state=JobState.QUEUED.value, params=job_params, inputs=inputs, model_name=job_params["model"],
+                state=JobState.QUEUED, params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
                 max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key,
             )
             session.add(job)
@@ -206,7 +211,7 @@ def list_jobs(
     limit = min(limit, ctx.settings.page_size_max)
     where = [Job.owner_key_id == owner]
     if state:
-        where.append(Job.state.in_([st.value for st in state]))
+        where.append(Job.state.in_(state))
     if cohort_id:
         where.append(Job.cohort_id == cohort_id)
     total = int(session.scalar(select(func.count()).select_from(Job).where(*where)) or 0)

@@ -19,7 +19,7 @@ def recent_duration_s(session: Session) -> float | None:
     """Median run time (started -> finished, seconds) of the last ``RECENT_JOBS`` succeeded jobs."""
     rows = session.execute(
         select(Job.started_at, Job.finished_at)
-        .where(Job.state == JobState.SUCCEEDED.value, Job.started_at.is_not(None))
+        .where(Job.state == JobState.SUCCEEDED, Job.started_at.is_not(None))
         .order_by(Job.finished_at.desc())
         .limit(RECENT_JOBS)
     ).all()
@@ -32,7 +32,7 @@ def queue_position(session: Session, job: Job) -> int:
     ahead = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.state == JobState.QUEUED.value, Job.queue == job.queue, Job.created_at < job.created_at)
+        .where(Job.state == JobState.QUEUED, Job.queue == job.queue, Job.created_at < job.created_at)
     )
     return int(ahead or 0) + 1
 
@@ -42,21 +42,21 @@ def estimate_eta(session: Session, job: Job, position: int | None) -> float | No
     (at least a share of it proportional to the remaining fraction of the stage). Queued: the
     jobs ahead run in waves of ``max(1, running jobs)`` (the observed worker count), then this one."""
     typical = recent_duration_s(session)
-    if typical is None or JobState(job.state).terminal:
+    if typical is None or job.state.terminal:
         return None
     now = utcnow()
-    if job.state == JobState.RUNNING.value:
+    if job.state == JobState.RUNNING:
         elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
         return round(max(typical - elapsed, 0.0), 1)
     workers = max(1, int(session.scalar(
-        select(func.count()).select_from(Job).where(Job.state == JobState.RUNNING.value, Job.queue == job.queue)
+        select(func.count()).select_from(Job).where(Job.state == JobState.RUNNING, Job.queue == job.queue)
     ) or 0))
     waves = math.ceil(((position or 1) - 1) / workers)
     return round((waves + 1) * typical, 1)
 
 
 def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
-    position = queue_position(session, job) if job.state == JobState.QUEUED.value and with_eta else None
+    position = queue_position(session, job) if job.state == JobState.QUEUED and with_eta else None
     total = job.progress_total
     return JobOut(
         id=job.id,
@@ -88,5 +88,5 @@ def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
         finished_at=job.finished_at,
         timings={k: float(v) for k, v in (job.timings or {}).items()},
         manifest=job.manifest,
-        results_url=f"/v1/jobs/{job.id}/results" if job.state == JobState.SUCCEEDED.value else None,
+        results_url=f"/v1/jobs/{job.id}/results" if job.state == JobState.SUCCEEDED else None,
     )

@@ -15,26 +15,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from autopaint.contracts import JobParams
+from autopaint.contracts import JobParams, ThresholdRecord
+from autopaint.model_cards import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
 TEST_PIPELINE_ENV = "AUTOPAINT_TEST_PIPELINE"
-
-
-class ProgressEventLike(Protocol):
-    """``autopaint.segment.types.ProgressEvent`` (read-only fields)."""
-
-    @property
-    def stage(self) -> str: ...
-    @property
-    def done(self) -> int: ...
-    @property
-    def total(self) -> int: ...
-    @property
-    def unit(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -43,11 +31,10 @@ class JobSpec:
 
     job_id: str
     input_paths: dict[str, Path]  # role -> NIfTI path (ct, pet, organ_mask, label)
-    params: JobParams
-    model: str  # model name or path
+    params: JobParams  # params.model: resolved at submit
     device: str  # "auto", "cpu", "cuda", "cuda:N"
     models_dir: Path | None = None
-    input_sha256: dict[str, str] = field(default_factory=dict)
+    input_sha256: dict[str, str] = field(default_factory=dict)  # validated and hashed by the API
 
 
 Runner = Callable[[JobSpec, Path, Callable[[Any], None], Callable[[], bool]], dict[str, Any]]
@@ -64,43 +51,31 @@ def resolve_runner() -> Runner:
     return fn
 
 
-def suv_tags(params: JobParams) -> dict[str, Any] | None:
-    """The Bq/mL -> SUV conversion tags of ``load_inputs`` (None when the PET is SUV already)."""
-    if params.suv_already:
-        return None
-    tags: dict[str, Any] = {"weight_kg": params.weight_kg, "injected_dose_bq": params.injected_dose_bq,
-                            "delay_s": params.delay_s, "units": "BQML"}
-    if params.half_life_s is not None:
-        tags["half_life_s"] = params.half_life_s
-    return tags
-
-
 def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
              should_cancel: Callable[[], bool]) -> dict[str, Any]:
     """Load the inputs, take the process-wide model and run the pipeline into ``out_dir``.
 
-    Returns the manifest fields the worker adds to the job row: model name and sha256, the
-    threshold and the lesion count.
+    The inputs were validated and hashed at submit (``spec.input_sha256``): they are read, not
+    checked again. Returns the manifest fields the worker adds to the job row: model name and
+    sha256, the threshold (:class:`autopaint.contracts.ThresholdRecord`) and the lesion count.
     """
-    from autopaint.errors import ModelError
+    from autopaint.progress import ProgressEvent, Stage, Unit
     from autopaint.segment import pipeline as pl  # torch enters the process here, in the worker
-    from autopaint.segment.types import ProgressEvent
     from services.worker.model_cache import get_inpainter
 
     p = spec.params
     paths = spec.input_paths
-    progress(ProgressEvent("loading", 0, 1, "volumes"))
+    progress(ProgressEvent(Stage.loading, 0, 1, Unit.volumes))
     inputs = pl.load_inputs(paths.get("ct"), paths.get("pet"), paths.get("organ_mask"), paths.get("label"),
-                            suv=suv_tags(p), suv_already=p.suv_already)
-    progress(ProgressEvent("loading", 1, 1, "volumes"))
-    inpainter = get_inpainter(spec.model, spec.device, spec.models_dir)
-    if p.modality is not None and p.modality != inpainter.modality:
-        raise ModelError(f"the job asks for modality {p.modality!r}, model {spec.model!r} is "
-                         f"{inpainter.modality!r}", code="modality_mismatch")
+                            suv=p.suv_tags(), suv_already=p.suv_already, known_sha256=spec.input_sha256)
+    progress(ProgressEvent(Stage.loading, 1, 1, Unit.volumes))
+    model = p.model or DEFAULT_MODEL
+    inpainter = get_inpainter(model, spec.device, spec.models_dir)
     params = pl.PipelineParams(preset=p.preset, mode=p.mode, threshold=p.threshold, profile=p.profile)
     result = pl.run_pipeline(inputs, params, inpainter, out_dir, progress=progress,
                              should_cancel=should_cancel)
-    progress(ProgressEvent("thresholding", 1, 1, "volumes"))
-    name = (inpainter.card or {}).get("name") or spec.model
-    return {"model": {"name": name, "sha256": inpainter.sha256},
-            "threshold": result.threshold, "lesions": len(result.lesions)}
+    progress(ProgressEvent(Stage.thresholding, 1, 1, Unit.volumes))
+    name = (inpainter.card or {}).get("name") or model
+    threshold = ThresholdRecord(value=result.threshold, source=str(result.report["threshold"]["source"]))
+    return {"model": {"name": name, "sha256": inpainter.sha256}, "threshold": threshold,
+            "lesions": len(result.lesions)}

@@ -15,28 +15,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from autopaint.contracts import RESULT_NAMES, JobParams, JobState, Stage
+from autopaint.contracts import RESULT_NAMES, JobParams, JobState
 from autopaint.db import Job
 from autopaint.db import jobs as repo
 from autopaint.errors import Cancelled, InvalidInput, ModelError
-from autopaint.storage.base import result_key
+from autopaint.progress import ProgressEvent, Stage, Unit
+from autopaint.storage import fetch_local, store_results
 from services.worker.context import WorkerContext
-from services.worker.pipeline_adapter import JobSpec, ProgressEventLike, resolve_runner
+from services.worker.pipeline_adapter import JobSpec, resolve_runner
 
 log = logging.getLogger(__name__)
-
-CONTENT_TYPES = {".gz": "application/gzip", ".csv": "text/csv", ".json": "application/json",
-                 ".png": "image/png"}
-
-
-#: pipeline progress stages -> the job's public stages (``autopaint.contracts.Stage``)
-STAGE_OF = {"prepare": "preprocessing", "screen": "searching", "search": "searching",
-            "ladder": "refining"}
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -53,25 +44,23 @@ class ProgressWriter:
 
     def __init__(self, ctx: WorkerContext, job_id: str, every: int) -> None:
         self.ctx, self.job_id, self.every = ctx, job_id, max(1, every)
-        self._stage: str | None = None
+        self._stage: Stage | None = None
         self._unit: str | None = None
         self._last_done = -1
         self._last_t = 0.0
         self.writes = 0
 
-    def __call__(self, ev: ProgressEventLike) -> None:
-        stage = STAGE_OF.get(ev.stage, ev.stage)
-        if stage not in Stage.__members__:
-            stage = self._stage or Stage.loading.value
+    def __call__(self, ev: ProgressEvent) -> None:
+        stage = Stage(ev.stage)
         now = time.monotonic()
         new_stage = stage != self._stage or ev.unit != self._unit
-        if ev.unit == "circles":
+        if ev.unit == Unit.circles:
             due = ev.done - self._last_done >= self.every
         else:
             due = now - self._last_t >= 0.25
         if not (new_stage or due or ev.done >= ev.total):
             return
-        circles = (ev.done, ev.total) if ev.unit == "circles" else (None, None)
+        circles = (ev.done, ev.total) if ev.unit == Unit.circles else (None, None)
         with self.ctx.session() as s:
             repo.set_progress(s, self.job_id, stage, ev.done, ev.total, ev.unit,
                               circles_done=circles[0], circles_total=circles[1])
@@ -110,31 +99,8 @@ class Heartbeat:
 
 def _fetch_inputs(ctx: WorkerContext, job: Job, tmp: Path) -> dict[str, Path]:
     """Local paths of the job's inputs (the storage path itself when it is on this disk)."""
-    paths: dict[str, Path] = {}
-    for role, info in (job.inputs or {}).items():
-        key = info["key"]
-        local = ctx.storage.path(key)
-        if local is None:
-            local = tmp / "inputs" / f"{role}.nii.gz"
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with local.open("wb") as fh:
-                for chunk in ctx.storage.iter_chunks(key):
-                    fh.write(chunk)
-        paths[role] = local
-    return paths
-
-
-def _store_results(ctx: WorkerContext, job_id: str, out_dir: Path) -> list[dict[str, Any]]:
-    artifacts = []
-    for name in RESULT_NAMES:
-        path = out_dir / name
-        if not path.is_file():
-            continue
-        key = result_key(job_id, name)
-        sha, size = ctx.storage.put_file(key, path)
-        artifacts.append({"name": name, "storage_key": key, "sha256": sha, "bytes": size,
-                          "content_type": CONTENT_TYPES.get(path.suffix, "application/octet-stream")})
-    return artifacts
+    return {role: fetch_local(ctx.storage, info["key"], tmp / "inputs" / f"{role}.nii.gz")
+            for role, info in (job.inputs or {}).items()}
 
 
 def _not_leased(ctx: WorkerContext, job_id: str) -> Outcome:
@@ -142,7 +108,7 @@ def _not_leased(ctx: WorkerContext, job_id: str) -> Outcome:
     another process (publish again once it can have expired: the holder may have died)."""
     with ctx.session() as s:
         job = s.get(Job, job_id)
-        if job is None or JobState(job.state).terminal:
+        if job is None or job.state.terminal:
             return Outcome("skipped")
         remaining = repo.lease_remaining_s(s, job_id)
     if remaining is not None:
@@ -181,7 +147,7 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
     progress = ProgressWriter(ctx, job_id, settings.progress_every_circles)
     try:
         spec = JobSpec(job_id=job_id, input_paths=_fetch_inputs(ctx, job, tmp), params=params,
-                       model=params.model or settings.default_model, device=settings.device,
+                       device=settings.device,
                        models_dir=settings.resolved_models_dir(),
                        input_sha256={r: i.get("sha256", "") for r, i in (job.inputs or {}).items()})
         out_dir = tmp / "results"
@@ -189,8 +155,8 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
         manifest = resolve_runner()(spec, out_dir, progress, should_cancel)
         if should_cancel():
             raise Cancelled("cancel requested before the results were stored")
-        progress(_Event(Stage.writing.value, 0, 1, "files"))
-        artifacts = _store_results(ctx, job_id, out_dir)
+        progress(ProgressEvent(Stage.writing, 0, 1, Unit.files))
+        artifacts = store_results(ctx.storage, job_id, out_dir, RESULT_NAMES)
         manifest = {**manifest, "inputs": spec.input_sha256, "attempt": job.attempts,
                     "results": {a["name"]: a["sha256"] for a in artifacts}}
         with ctx.session() as s:
@@ -222,11 +188,3 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
         if state == JobState.QUEUED:
             return Outcome("requeued", retry_in_s=min(30.0, 0.5 * 2 ** job.attempts))
         return Outcome(state.value)
-
-
-@dataclass(frozen=True)
-class _Event:
-    stage: str
-    done: int
-    total: int
-    unit: str

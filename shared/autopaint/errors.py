@@ -34,12 +34,6 @@ class ModelError(AutopaintError):
     code = "model_error"
 
 
-class PipelineError(AutopaintError):
-    """The segmentation pipeline failed for a reason that is not the input's fault."""
-
-    code = "pipeline_error"
-
-
 class Cancelled(AutopaintError):
     """A job was cancelled by its owner; raised at a stage boundary."""
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from autopaint.errors import Cancelled
+from autopaint.progress import ProgressEvent, Stage, Unit
 from autopaint.segment.engine import autoinpaint
 from autopaint.segment.fast import calibrate_screen, fallback_level
 from autopaint.segment.metrics import dice, slice_hit_rate
-from autopaint.segment.types import ProgressEvent, SearchParams
+from autopaint.segment.types import SearchParams
 
 
 def test_exact_mode_finds_the_tumour(stub, volume) -> None:
@@ -98,11 +99,11 @@ def test_progress_and_cancel(stub, volume) -> None:
     images, ooi, _ = volume
     events: list[ProgressEvent] = []
     autoinpaint(images, ooi, stub, mode="fast", progress=events.append)
-    stages = {e.stage for e in events}
-    assert stages == {"screen", "search", "ladder"}
-    last = {e.stage: e for e in events}
+    assert {e.stage for e in events} == {Stage.searching, Stage.refining}
+    assert {e.step for e in events} == {"screen", "sweep", "ladder"}
+    last = {e.step: e for e in events}
     assert all(e.done == e.total for e in last.values())
-    assert last["search"].unit == "circles" and last["screen"].unit == "slices"
+    assert last["sweep"].unit == Unit.circles and last["screen"].unit == Unit.slices
     with pytest.raises(Cancelled):
         autoinpaint(images, ooi, stub, mode="fast", should_cancel=lambda: True)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from autopaint.errors import Cancelled
-from autopaint.segment.types import ProgressEvent
+from autopaint.progress import ProgressEvent, Stage, Unit
 from services.worker.pipeline_adapter import JobSpec
 
-STAGES = ("loading", "preprocessing", "searching", "refining", "thresholding")
+STAGES = (Stage.loading, Stage.preprocessing, Stage.searching, Stage.refining, Stage.thresholding)
 
 
 def _log(spec: JobSpec, event: str) -> None:
@@ -43,9 +43,9 @@ def slow(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
         if stage == "searching":
             for i in range(20):
                 time.sleep(seconds / 20)
-                progress(ProgressEvent(stage, i + 1, 20, "circles"))
+                progress(ProgressEvent(stage, i + 1, 20, Unit.circles))
         else:
-            progress(ProgressEvent(stage, 1, 1, "slices"))
+            progress(ProgressEvent(stage, 1, 1, Unit.slices))
     shutil.copyfile(spec.input_paths["ct"], out_dir / "mask.nii.gz")
     (out_dir / "report.json").write_text(json.dumps({"inputs": spec.input_sha256}, sort_keys=True))
     _log(spec, "end")
@@ -68,5 +68,5 @@ def crash(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
           should_cancel: Callable[[], bool]) -> dict[str, Any]:
     """Always fails like a bug would (a retryable error)."""
     _log(spec, "start")
-    progress(ProgressEvent("loading", 1, 1, "slices"))
+    progress(ProgressEvent(Stage.loading, 1, 1, Unit.slices))
     raise RuntimeError("simulated crash")

@@ -22,7 +22,7 @@ from autopaint.db import jobs as repo
 from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
 from autopaint.settings import Settings
-from autopaint.storage import result_key
+from autopaint.storage import store_results
 from tests.imaging.badfiles import ROLE_FOR_CODE, build_bad_files, build_shifted_pair
 from tests.services.apikit import PHI, Api, chunked, write_pair
 
@@ -53,18 +53,13 @@ def finish_with_results(api: Api, job_id: str, tmp: Path, threshold: float = 0.5
     residual = np.zeros(ct.shape, np.float32)
     residual[2:6, 2:6, 2:5] = 0.8
     residual[12:14, 12:14, 6:8] = 0.3
-    arts = []
     for name, data in (("residual.nii.gz", residual), ("mask.nii.gz", (residual > threshold).astype(np.uint8))):
-        p = write_volume(Volume(data, ct.affine), tmp / name, dtype=data.dtype)
-        sha, n = api.ctx.storage.put_file(result_key(job_id, name), p)
-        arts.append({"name": name, "storage_key": result_key(job_id, name), "sha256": sha, "bytes": n})
-    csv = tmp / "lesions.csv"
-    csv.write_text("id,voxels,volume_ml\n1,48,0.576\n")
-    sha, n = api.ctx.storage.put_file(result_key(job_id, "lesions.csv"), csv)
-    arts.append({"name": "lesions.csv", "storage_key": result_key(job_id, "lesions.csv"), "sha256": sha,
-                 "bytes": n, "content_type": "text/csv"})
+        write_volume(Volume(data, ct.affine), tmp / name, dtype=data.dtype)
+    (tmp / "lesions.csv").write_text("id,voxels,volume_ml\n1,48,0.576\n")
+    arts = store_results(api.ctx.storage, job_id, tmp, ("residual.nii.gz", "mask.nii.gz", "lesions.csv"))
+    manifest = {"threshold": {"value": threshold, "source": "model_card"}, "model": {"sha256": "c" * 64}}
     with api.sessions() as s:
-        assert repo.finish_job(s, job_id, {"threshold": {"value": threshold}, "model": {"sha256": "c" * 64}}, arts)
+        assert repo.finish_job(s, job_id, manifest, arts)
     return residual
 
 
@@ -119,7 +114,7 @@ def test_other_keys_job_is_404(api: Api, pair: tuple[Path, Path], tmp_path: Path
     assert api.job(jid).state == JobState.QUEUED  # b's cancel/delete did nothing
     cid = c.post("/v1/cohorts", json={"name": "c"}, headers=api.h("a")).json()["id"]
     assert c.get(f"/v1/cohorts/{cid}", headers=api.h("b")).status_code == 404
-    r = api.submit({"ct": pair[0]}, who="b", cohort_id=cid)  # b cannot add to a's cohort
+    r = api.submit({"ct": pair[0], "pet": pair[1]}, who="b", cohort_id=cid)  # b cannot add to a's cohort
     assert r.status_code == 404 and _n_jobs(api) == 1
 
 
@@ -179,7 +174,7 @@ def test_each_bad_nifti_class_is_422_with_its_code(api: Api, pair: tuple[Path, P
         ({"threshold": 2.0}, {}, "invalid_params"),
         ({"model": "../../etc/passwd"}, {}, "unknown_model"),
         ({"modality": "petct"}, {"drop": "pet"}, "missing_input"),
-        ({"suv_already": False}, {}, "invalid_params"),
+        ({"suv_already": False}, {}, "missing_suv_info"),
         ({}, {"extra_field": "1"}, "unknown_field"),
     ],
 )
@@ -289,6 +284,9 @@ def test_models_metrics_openapi(api: Api, pair: tuple[Path, Path], tmp_path: Pat
     api.settings.models_dir = tmp_path / "models"
     models = api.client.get("/v1/models", headers=api.h()).json()
     assert models[0]["name"] == "thorax-petct-gconvlap-128" and models[0]["default"] and not models[0]["has_weights"]
+    r = api.submit({"ct": pair[0], "pet": pair[1]}, {"model": "thorax-petct-gconvlap-128"})
+    assert r.status_code == 422 and r.json()["code"] == "model_unavailable"  # listed, but no weights
+    (mdir / "model.pt").write_bytes(b"weights")
     r = api.submit({"ct": pair[0], "pet": pair[1]}, {"model": "thorax-petct-gconvlap-128"})
     assert r.status_code == 202
     text = api.client.get("/metrics").text

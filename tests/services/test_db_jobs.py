@@ -12,10 +12,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from autopaint.contracts import JobState, Stage
+from autopaint.contracts import ArtifactRecord, JobState
 from autopaint.db import Artifact, Job, make_engine, make_session_factory, new_id, utcnow
 from autopaint.db import jobs as repo
 from autopaint.db.migrate import upgrade
+from autopaint.progress import Stage
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
@@ -97,8 +98,8 @@ def test_progress_timings_and_finish_are_idempotent(factory: sessionmaker[Sessio
         repo.lease_job(s, jid, "w1", 60)
         repo.set_progress(s, jid, Stage.preprocessing, 1, 2, "cases")
         repo.set_progress(s, jid, Stage.searching, 3, 10, "slices", circles_done=30, circles_total=100)
-        arts = [{"name": "mask.nii.gz", "storage_key": f"jobs/{jid}/results/mask.nii.gz",
-                 "sha256": "a" * 64, "bytes": 10}]
+        arts = [ArtifactRecord(name="mask.nii.gz", storage_key=f"jobs/{jid}/results/mask.nii.gz",
+                               sha256="a" * 64, bytes=10, content_type="application/gzip")]
         manifest = {"model": {"name": "m", "sha256": "b" * 64}}
         assert repo.finish_job(s, jid, manifest, arts, worker_id="w1") is True
         assert repo.finish_job(s, jid, manifest, arts) is False  # no longer RUNNING

@@ -3,23 +3,46 @@ migrated schema matches the SQLAlchemy models (no pending autogenerate diff)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
 
 from autopaint.db import Base, make_engine
 from autopaint.db.migrate import downgrade, head_revision, upgrade
 
-TABLES = {"jobs", "cohorts", "artifacts", "api_keys", "models"}
+TABLES = {"jobs", "cohorts", "artifacts", "api_keys"}
+
+
+def _legacy_threshold_rows(url: str, engine: Engine) -> None:
+    """At revision 0001 a finished job's manifest threshold was a float: 0002 makes it a record."""
+    upgrade(url, "0001")
+    with engine.begin() as conn:
+        for jid, manifest in (("a", {"threshold": 0.2, "lesions": 1}),
+                              ("b", {"threshold": {"value": 0.3, "source": "rethreshold", "previous": 0.2}})):
+            conn.execute(text("INSERT INTO jobs (id, owner_key_id, state, stage, progress_done, progress_total, "
+                              "progress_unit, circles_done, circles_total, attempts, max_attempts, queue, params, "
+                              "inputs, cancel_requested, created_at, timings, manifest) VALUES (:id, 'o', "
+                              "'succeeded', 'done', 0, 0, '', 0, 0, 1, 3, 'gpu', '{}', '{}', false, "
+                              "CURRENT_TIMESTAMP, '{}', :m)"), {"id": jid, "m": json.dumps(manifest)})
+    upgrade(url)
+    with engine.connect() as conn:
+        got = {r[0]: json.loads(r[1]) if isinstance(r[1], str) else r[1]
+               for r in conn.execute(text("SELECT id, manifest FROM jobs"))}
+    assert got["a"] == {"threshold": {"value": 0.2, "source": "run"}, "lesions": 1}
+    assert got["b"]["threshold"] == {"value": 0.3, "source": "rethreshold", "previous": 0.2}
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs"))
 
 
 def _roundtrip(url: str) -> None:
     engine = make_engine(url)
     try:
+        _legacy_threshold_rows(url, engine)
         upgrade(url)
         with engine.connect() as conn:
             assert TABLES <= set(inspect(conn).get_table_names())

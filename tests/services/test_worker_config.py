@@ -10,7 +10,7 @@ import pytest
 from autopaint.contracts import JobState
 from autopaint.db import Job, new_id
 from autopaint.db import jobs as repo
-from autopaint.segment.types import ProgressEvent
+from autopaint.progress import ProgressEvent, Stage, Unit
 from autopaint.settings import Settings
 from services.worker.config import ConfigError, celery_config, settings_env, worker_queues
 from services.worker.context import WorkerContext
@@ -57,13 +57,13 @@ def test_progress_is_throttled_to_every_n_circles(sqlite_settings: Settings) -> 
     ctx = WorkerContext(s)
     job_id = new_id()
     with ctx.session() as session:
-        session.add(Job(id=job_id, owner_key_id="o", state=JobState.QUEUED.value, params={}, inputs={}))
+        session.add(Job(id=job_id, owner_key_id="o", state=JobState.QUEUED, params={}, inputs={}))
         session.commit()
         assert repo.lease_job(session, job_id, "w", 60) is not None
     writer = ProgressWriter(ctx, job_id, s.progress_every_circles)
-    writer(ProgressEvent("prepare", 0, 1, "volumes"))
+    writer(ProgressEvent(Stage.preprocessing, 0, 1, Unit.volumes))
     for i in range(1, 101):
-        writer(ProgressEvent("search", i, 100, "circles"))
+        writer(ProgressEvent(Stage.searching, i, 100, Unit.circles, "sweep"))
     # 1 (prepare) + 1 (stage change at circle 1) + every 10 circles after it (11..91) + the last
     assert writer.writes == 1 + 1 + 9 + 1
     with ctx.session() as session:

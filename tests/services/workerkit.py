@@ -39,7 +39,7 @@ class Kit:
         key = input_key(job_id, "ct")
         sha, size = self.storage.put_stream(key, [data])
         with self.sessions() as s:
-            s.add(Job(id=job_id, owner_key_id="test-owner", state=JobState.QUEUED.value,
+            s.add(Job(id=job_id, owner_key_id="test-owner", state=JobState.QUEUED,
                       params={}, inputs={"ct": {"key": key, "sha256": sha, "bytes": size}},
                       max_attempts=max_attempts or self.settings.max_attempts,
                       queue=self.settings.queue))
@@ -83,7 +83,7 @@ class Kit:
             time.sleep(0.1)
 
     def wait_terminal(self, job_id: str, timeout: float = 60.0) -> Job:
-        return self.wait(job_id, lambda j: JobState(j.state).terminal, timeout)
+        return self.wait(job_id, lambda j: j.state.terminal, timeout)
 
     def runs(self, job_id: str) -> list[str]:
         return [line.split()[1] for line in self.runlog.read_text().splitlines()

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from autopaint.errors import InvalidInput
+from autopaint.imaging.modality import check_roles
 from autopaint.model_cards import DEFAULT_MODEL
 
 
@@ -21,21 +22,23 @@ def register(app: typer.Typer) -> None:
     app.command("calibrate-threshold")(calibrate_threshold_cmd)
 
 
-def _suv_tags(suv_already: bool, weight_kg: float | None, dose: float | None, delay_s: float | None,
-              half_life_s: float | None) -> dict[str, Any] | None:
-    given = [v is not None for v in (weight_kg, dose, delay_s)]
-    if suv_already and any(given):
+def _suv_inputs(pet: Path | None, suv_already: bool, weight_kg: float | None, dose: float | None,
+                delay_s: float | None, half_life_s: float | None) -> Any:
+    """The caller's statement of the PET units (``--suv-already`` or the Bq/mL options), as
+    :class:`autopaint.contracts.SuvInputs`."""
+    from pydantic import ValidationError
+
+    from autopaint.contracts import SuvInputs
+
+    if suv_already and any(v is not None for v in (weight_kg, dose, delay_s)):
         raise InvalidInput("give either --suv-already or the SUV tags, not both", code="bad_arguments")
-    if any(given) and not all(given):
-        raise InvalidInput("SUV conversion needs --weight-kg, --injected-dose-bq and --delay-s",
-                           code="missing_suv_info")
-    if not any(given):
-        return None
-    tags: dict[str, Any] = {"weight_kg": weight_kg, "injected_dose_bq": dose, "delay_s": delay_s,
-                            "units": "BQML"}
-    if half_life_s is not None:
-        tags["half_life_s"] = half_life_s
-    return tags
+    try:
+        suv = SuvInputs(suv_already=suv_already or pet is None, weight_kg=weight_kg, injected_dose_bq=dose,
+                        delay_s=delay_s, half_life_s=half_life_s)
+    except ValidationError as exc:
+        raise InvalidInput(f"bad SUV option: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}",
+                           code="missing_suv_info") from exc
+    return suv.require_complete()
 
 
 def segment(
@@ -63,8 +66,8 @@ def segment(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from autopaint.model.inpainter import Inpainter
+    from autopaint.progress import ProgressEvent
     from autopaint.segment.pipeline import PipelineParams, load_inputs, run_pipeline
-    from autopaint.segment.types import ProgressEvent
 
     if mode not in ("fast", "exact"):
         raise InvalidInput(f"--mode must be fast or exact, got {mode!r}", code="bad_arguments")
@@ -72,14 +75,10 @@ def segment(
         raise InvalidInput(f"--profile must be default or paper, got {profile!r}", code="bad_arguments")
     if preset not in (None, "thorax", "headneck", "custom"):
         raise InvalidInput(f"--preset must be thorax, headneck or custom, got {preset!r}", code="bad_arguments")
-    if ct is None and pet is None:
-        raise InvalidInput("give --ct and/or --pet", code="missing_input")
+    check_roles(None, [r for r, v in (("ct", ct), ("pet", pet)) if v is not None])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    tags = _suv_tags(suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s)
-    if pet is not None and not suv_already and tags is None:
-        raise InvalidInput("the PET needs --suv-already or --weight-kg/--injected-dose-bq/--delay-s",
-                           code="missing_suv_info")
-    inputs = load_inputs(ct, pet, organ_mask, label, suv=tags, suv_already=suv_already)
+    suv = _suv_inputs(pet, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s)
+    inputs = load_inputs(ct, pet, organ_mask, label, suv=suv.suv_tags(), suv_already=suv.suv_already)
     inpainter = Inpainter.load(model, device=device)
     params = PipelineParams(preset=preset, mode=mode, threshold=threshold, profile=profile)  # type: ignore[arg-type]
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -11,11 +11,11 @@ import typer
 
 
 def _validate(ct: Path | None, pet: Path | None, mask: Path | None, max_voxels: int | None) -> dict[str, Any]:
-    from autopaint.imaging.validate import ValidationLimits, inspect_nifti, inspect_pair
+    from autopaint.imaging.validate import Role, ValidationLimits, inspect_nifti, inspect_pair
 
     limits = ValidationLimits() if max_voxels is None else ValidationLimits(max_voxels=max_voxels)
-    reports = {role: inspect_nifti(p, role, limits) for role, p in (("ct", ct), ("pet", pet), ("mask", mask))
-               if p is not None}
+    given: tuple[tuple[Role, Path | None], ...] = (("ct", ct), ("pet", pet), ("mask", mask))
+    reports = {role: inspect_nifti(p, role, limits) for role, p in given if p is not None}
     pair = None
     if ct is not None and pet is not None:
         pair = inspect_pair(ct, pet, limits, ct_report=reports["ct"], pet_report=reports["pet"]).to_dict()

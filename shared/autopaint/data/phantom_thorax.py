@@ -26,7 +26,6 @@ from autopaint.data.phantom_common import (
 )
 
 Arr = np.ndarray
-INSIDE_BODY = (T.FAT, T.MUSCLE, T.MEDFAT, T.LUNG, T.VESSEL, T.SOFT, T.AIRWAY, T.BLOOD, T.HEART, T.MYO)
 
 
 def _harm(rng: np.random.Generator, amp: float) -> tuple[tuple[int, float, float], ...]:

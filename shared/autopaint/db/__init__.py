@@ -1,6 +1,6 @@
 """autopaint.db: SQLAlchemy 2.0 models, engine/session factory and the job-state repository."""
 
-from autopaint.db.models import ApiKey, Artifact, Base, Cohort, Job, ModelRecord, new_id, utcnow
+from autopaint.db.models import ApiKey, Artifact, Base, Cohort, Job, new_id, utcnow
 from autopaint.db.session import make_engine, make_session_factory, normalize_url
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "Base",
     "Cohort",
     "Job",
-    "ModelRecord",
     "make_engine",
     "make_session_factory",
     "new_id",

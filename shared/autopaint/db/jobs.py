@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from autopaint.contracts import JobState, Stage
+from autopaint.contracts import ArtifactRecord, JobState
 from autopaint.db.models import Artifact, Job, utcnow
+from autopaint.progress import Stage
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,20 @@ def lease_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
             Job.cancel_requested.is_(False),
             Job.attempts < Job.max_attempts,
             or_(
-                Job.state == JobState.QUEUED.value,
+                Job.state == JobState.QUEUED,
                 and_(
-                    Job.state == JobState.RUNNING.value,
+                    Job.state == JobState.RUNNING,
                     or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
                 ),
             ),
         )
         .values(
-            state=JobState.RUNNING.value,
+            state=JobState.RUNNING,
             attempts=Job.attempts + 1,
             lease_owner=worker_id,
             lease_expires_at=now + timedelta(seconds=lease_s),
             started_at=now,
-            stage=Stage.loading.value,
+            stage=Stage.loading,
             stage_started_at=now,
             progress_done=0,
             progress_total=0,
@@ -80,14 +81,14 @@ def lease_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
     if job is None:
         log.warning("lease of unknown job %s", job_id)
         return None
-    if job.cancel_requested and job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
+    if job.cancel_requested and job.state in (JobState.QUEUED, JobState.RUNNING):
         _lease_expired = job.lease_expires_at is None or job.lease_expires_at < now
-        if job.state == JobState.QUEUED.value or _lease_expired:
+        if job.state == JobState.QUEUED or _lease_expired:
             mark_cancelled(session, job_id)
         return None
     expired = job.lease_expires_at is None or job.lease_expires_at < now
     if job.attempts >= job.max_attempts and (
-        job.state == JobState.QUEUED.value or (job.state == JobState.RUNNING.value and expired)
+        job.state == JobState.QUEUED or (job.state == JobState.RUNNING and expired)
     ):
         fail_job(
             session,
@@ -102,7 +103,7 @@ def lease_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
 def lease_remaining_s(session: Session, job_id: str) -> float | None:
     """Seconds left on a RUNNING job's lease (None when not running or no lease)."""
     job = _get(session, job_id)
-    if job is None or job.state != JobState.RUNNING.value or job.lease_expires_at is None:
+    if job is None or job.state != JobState.RUNNING or job.lease_expires_at is None:
         return None
     return (job.lease_expires_at - utcnow()).total_seconds()
 
@@ -111,7 +112,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
     """Extend the lease of a RUNNING job held by ``worker_id``; False when the lease was lost."""
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == JobState.RUNNING.value)
+        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.state == JobState.RUNNING)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
@@ -122,7 +123,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
 
 def _close_stage(job: Job, now: datetime) -> None:
     """Add the time spent in the current stage to ``job.timings`` (seconds per stage)."""
-    if job.stage_started_at is not None and job.stage not in (Stage.queued.value, Stage.done.value):
+    if job.stage_started_at is not None and job.stage not in (Stage.queued, Stage.done):
         timings = dict(job.timings or {})
         spent = (now - job.stage_started_at).total_seconds()
         timings[job.stage] = round(float(timings.get(job.stage, 0.0)) + spent, 3)
@@ -142,10 +143,10 @@ def set_progress(
     """Record the current stage and its progress (``done`` of ``total`` ``unit``, e.g. slices);
     on a stage change the previous stage's duration is added to ``timings``."""
     job = _get(session, job_id)
-    if job is None or job.state != JobState.RUNNING.value:
+    if job is None or job.state != JobState.RUNNING:
         session.rollback()
         return
-    stage = Stage(stage).value
+    stage = Stage(stage)
     now = utcnow()
     if stage != job.stage:
         _close_stage(job, now)
@@ -159,19 +160,30 @@ def set_progress(
     session.commit()
 
 
+def replace_artifacts(session: Session, job_id: str, artifacts: list[ArtifactRecord]) -> None:
+    """Insert or update the job's artifact rows by name (not committed)."""
+    rows = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+    for a in artifacts:
+        row = rows.get(a["name"])
+        if row is None:
+            row = Artifact(job_id=job_id, name=a["name"])
+            session.add(row)
+        row.storage_key, row.sha256, row.bytes = a["storage_key"], a["sha256"], int(a["bytes"])
+        row.content_type = a["content_type"]
+
+
 def finish_job(
     session: Session,
     job_id: str,
     manifest: dict[str, Any],
-    artifacts: list[dict[str, Any]],
+    artifacts: list[ArtifactRecord],
     worker_id: str | None = None,
 ) -> bool:
-    """RUNNING -> SUCCEEDED with ``manifest`` and the result files. ``artifacts``: dicts with
-    ``name, storage_key, sha256, bytes`` and optional ``content_type``; they replace any earlier
-    rows of this job (idempotent). False (nothing changed) when the job is no longer RUNNING or,
+    """RUNNING -> SUCCEEDED with ``manifest`` and the result files; ``artifacts`` replace any
+    earlier rows of this job (idempotent). False (nothing changed) when the job is no longer RUNNING or,
     given ``worker_id``, leased by someone else."""
     job = _get(session, job_id)
-    if job is None or job.state != JobState.RUNNING.value or (
+    if job is None or job.state != JobState.RUNNING or (
         worker_id is not None and job.lease_owner != worker_id
     ):
         session.rollback()
@@ -179,19 +191,9 @@ def finish_job(
     now = utcnow()
     _close_stage(job, now)
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-    for a in artifacts:
-        session.add(
-            Artifact(
-                job_id=job_id,
-                name=a["name"],
-                storage_key=a["storage_key"],
-                sha256=a["sha256"],
-                bytes=int(a["bytes"]),
-                content_type=a.get("content_type") or "application/octet-stream",
-            )
-        )
-    job.state = JobState.SUCCEEDED.value
-    job.stage = Stage.done.value
+    replace_artifacts(session, job_id, artifacts)
+    job.state = JobState.SUCCEEDED
+    job.stage = Stage.done
     job.stage_started_at = now
     job.finished_at = now
     job.manifest = manifest
@@ -208,12 +210,12 @@ def _terminate(session: Session, job_id: str, state: JobState, **fields: object)
     """Any non-terminal state -> ``state`` (closing the current stage, dropping the lease, setting
     ``fields``); False when the job is gone or already terminal."""
     job = _get(session, job_id)
-    if job is None or JobState(job.state).terminal:
+    if job is None or job.state.terminal:
         session.rollback()
         return False
     now = utcnow()
     _close_stage(job, now)
-    job.state = state.value
+    job.state = state
     for name, value in fields.items():
         setattr(job, name, value)
     job.finished_at = now
@@ -235,13 +237,13 @@ def requeue_or_fail(session: Session, job_id: str, code: str, message: str) -> J
     if job is None:
         session.rollback()
         return JobState.FAILED
-    if JobState(job.state).terminal:
+    if job.state.terminal:
         session.rollback()
-        return JobState(job.state)
+        return job.state
     if job.attempts < job.max_attempts and not job.cancel_requested:
         _close_stage(job, utcnow())
-        job.state = JobState.QUEUED.value
-        job.stage = Stage.queued.value
+        job.state = JobState.QUEUED
+        job.stage = Stage.queued
         job.stage_started_at = None
         job.lease_owner, job.lease_expires_at = None, None
         job.error_code, job.error_message = code, message[:4000]
@@ -274,8 +276,8 @@ def request_cancel(session: Session, job_id: str) -> JobState:
     now = utcnow()
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-        .values(state=JobState.CANCELLED.value, cancel_requested=True, finished_at=now)
+        .where(Job.id == job_id, Job.state == JobState.QUEUED)
+        .values(state=JobState.CANCELLED, cancel_requested=True, finished_at=now)
         .execution_options(synchronize_session=False)
     )
     if res.rowcount == 1:  # type: ignore[attr-defined]
@@ -283,10 +285,10 @@ def request_cancel(session: Session, job_id: str) -> JobState:
         return JobState.CANCELLED
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING)
         .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )
     session.commit()
     job = _get(session, job_id)
-    return JobState(job.state) if job is not None else JobState.CANCELLED
+    return job.state if job is not None else JobState.CANCELLED

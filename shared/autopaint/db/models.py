@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 models: jobs, artifacts, cohorts, api_keys, models.
+"""SQLAlchemy 2.0 models: jobs, artifacts, cohorts, api_keys.
 
 Times are naive UTC (``utcnow()``) so that SQLite and PostgreSQL compare them the same way.
 Ids are uuid4 hex strings. The schema is created by the Alembic migrations in ``migrations/``;
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,9 +25,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    Enum as SAEnum,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from autopaint.contracts import JobState, Stage
+from autopaint.contracts import JobState
+from autopaint.progress import Stage
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -35,6 +40,13 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def _str_enum(enum: type[StrEnum]) -> SAEnum:
+    """A string enum stored as its value in a VARCHAR(16) (no database enum type, no CHECK), read
+    back as the enum member."""
+    return SAEnum(enum, native_enum=False, create_constraint=False, length=16,
+                  values_callable=lambda e: [m.value for m in e], validate_strings=True)
 
 
 def utcnow() -> datetime:
@@ -88,8 +100,8 @@ class Job(Base):
         String(32), ForeignKey("cohorts.id", ondelete="SET NULL"), nullable=True, index=True
     )
     case_name: Mapped[str | None] = mapped_column(String(200), nullable=True)  # a label only
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
-    stage: Mapped[str] = mapped_column(String(16), default=Stage.queued.value)
+    state: Mapped[JobState] = mapped_column(_str_enum(JobState), default=JobState.QUEUED)
+    stage: Mapped[Stage] = mapped_column(_str_enum(Stage), default=Stage.queued)
     stage_started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
@@ -135,16 +147,3 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
-
-
-class ModelRecord(Base):
-    """A model a worker has loaded (name, checkpoint sha256, card), for provenance and listing."""
-
-    __tablename__ = "models"
-
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

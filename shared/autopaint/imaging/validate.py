@@ -53,7 +53,7 @@ class ValidationReport:
     are ``None`` when the header itself failed."""
 
     path: str
-    role: str
+    role: Role
     ok: bool = False
     code: str | None = None
     message: str | None = None
@@ -185,7 +185,7 @@ def _values(pieces: Iterator[bytes], hdr: NiftiHeader) -> Iterator[np.ndarray]:
 # -------------------------------------------------------------------------------------- value checks
 
 
-def _check_values(arr: np.ndarray, role: str, limits: ValidationLimits) -> int:
+def _check_values(arr: np.ndarray, role: Role, limits: ValidationLimits) -> int:
     """Raise on NaN/Inf, negative SUV or non-label masks; return the CT voxels out of range here."""
     finite = np.isfinite(arr)
     if not finite.all():
@@ -202,7 +202,7 @@ def _check_values(arr: np.ndarray, role: str, limits: ValidationLimits) -> int:
     return 0
 
 
-def _scan(fh: BinaryIO, hdr: NiftiHeader, compressed: bool, role: str,
+def _scan(fh: BinaryIO, hdr: NiftiHeader, compressed: bool, role: Role,
           limits: ValidationLimits) -> tuple[float, float]:
     """Stream the voxels once; return the (min, max) value after scaling."""
     pieces = _gzip_data(fh, hdr, limits) if compressed else _raw_stream(fh, hdr, limits.chunk_bytes)
@@ -232,7 +232,7 @@ def _fill_geometry(report: ValidationReport, hdr: NiftiHeader) -> None:
     report.header = hdr
 
 
-def inspect_nifti(path: str | Path, role: str = "ct", limits: ValidationLimits | None = None) -> ValidationReport:
+def inspect_nifti(path: str | Path, role: Role = "ct", limits: ValidationLimits | None = None) -> ValidationReport:
     """Validate one untrusted NIfTI file; never raises :class:`InvalidInput` (``ok``/``code`` tell)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -264,7 +264,7 @@ def inspect_nifti(path: str | Path, role: str = "ct", limits: ValidationLimits |
     return report
 
 
-def validate_nifti(path: str | Path, role: str = "ct", limits: ValidationLimits | None = None) -> ValidationReport:
+def validate_nifti(path: str | Path, role: Role = "ct", limits: ValidationLimits | None = None) -> ValidationReport:
     """Validate one untrusted NIfTI file header-first, then its voxels (bounded memory).
 
     ``role``: ``ct`` (HU range), ``pet`` (SUV >= ``limits.min_suv``) or ``mask`` (integer labels).

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from autopaint.errors import Cancelled
+from autopaint.progress import ProgressEvent, ProgressFn, Stage, Unit
 from autopaint.segment.fast import fallback_level, grouped_scores, screen_score
 from autopaint.segment.guided import grow_until_covered, hotspot_search
 from autopaint.segment.refine import ResidualRule, run_ladder, size_filter
@@ -47,8 +48,6 @@ from autopaint.segment.types import (
     Geometry,
     InpainterLike,
     Mode,
-    ProgressEvent,
-    ProgressFn,
     SearchParams,
 )
 
@@ -87,9 +86,9 @@ class _Ctx:
         self.counters = Counters()
         self.timings: dict[str, float] = {}
 
-    def report(self, stage: str, done: int, total: int, unit: str) -> None:
+    def report(self, stage: Stage, done: int, total: int, unit: Unit, step: str) -> None:
         if self.progress is not None:
-            self.progress(ProgressEvent(stage, done, total, unit))
+            self.progress(ProgressEvent(stage, done, total, unit, step))
 
     def check(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
@@ -172,7 +171,7 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
             unions[k] = circ[k].union(picks[k])
             slices[k]["top_centres"] = circ[k].centres[picks[k]].round(3).tolist()
             slices[k]["searched"] = "full"
-        ctx.report("search", done, total, "circles")
+        ctx.report(Stage.searching, done, total, Unit.circles, "sweep")
     ctx.count("search", before)
     ctx.timings["search"] = ctx.timings.get("search", 0.0) + time.perf_counter() - t0
     ctx.check()
@@ -209,7 +208,7 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
                     out[k] = images[k]
                     slices[k]["kept"] = False
         done += len(chunk)
-        ctx.report("ladder", done, len(todo), "slices")
+        ctx.report(Stage.refining, done, len(todo), Unit.slices, "ladder")
     ctx.count("ladder", before)
     ctx.timings["ladder"] = ctx.timings.get("ladder", 0.0) + time.perf_counter() - t0
 
@@ -267,7 +266,7 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
                 grouped[k] = sc
                 slices[k]["screen_score"] = screen_score(sc)
             done += len(chunk)
-            ctx.report("screen", done, len(ooi_slices), "slices")
+            ctx.report(Stage.searching, done, len(ooi_slices), Unit.slices, "screen")
         ctx.count("screen", before)
         ctx.timings["screen"] = time.perf_counter() - t0
     flagged = list(ooi_slices)
@@ -311,7 +310,7 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
 
         def on_chunk(done: int, total: int) -> None:
             ctx.check()
-            ctx.report("hotspot", done, total, "slices")
+            ctx.report(Stage.searching, done, total, Unit.slices, "hotspot")
 
         h_unions, h_out, cands, passes = hotspot_search(
             inpainter, images, hot, ooi, pet_channel, geom, params, rule, batch, on_chunk=on_chunk)

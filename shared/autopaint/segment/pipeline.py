@@ -19,6 +19,7 @@ from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.fsutil import sha256_file
 from autopaint.imaging.modality import check_roles
 from autopaint.imaging.volume import Volume
+from autopaint.progress import ProgressEvent, ProgressFn, Stage, Unit
 from autopaint.segment.delineate import DelineationParams, delineate
 from autopaint.segment.engine import AutoinpaintResult, autoinpaint
 from autopaint.segment.hotspot import ReferenceUptake, hot_map, reference_uptake
@@ -26,10 +27,11 @@ from autopaint.segment.lesions import lesion_table
 from autopaint.segment.metrics import lesion_metrics, segmentation_metrics, slice_hit_rate
 from autopaint.segment.profile import Accuracy, HotspotGate, Profile, resolve
 from autopaint.segment.thresholds import resolve_threshold, sweep
-from autopaint.segment.types import CancelFn, InpainterLike, Mode, ProgressEvent, ProgressFn, SearchParams
+from autopaint.segment.types import CancelFn, InpainterLike, Mode, SearchParams
 
 if TYPE_CHECKING:
     from autopaint.imaging.preprocess import PreparedCase
+    from autopaint.imaging.validate import Role
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,10 @@ def load_inputs(ct_path: str | Path | None = None, pet_path: str | Path | None =
     known = dict(known_sha256 or {})
     vols: dict[str, Volume | None] = {}
     hashes: dict[str, str] = {}
-    for role, path, vrole in (("ct", ct_path, "ct"), ("pet", pet_path, "pet"),
-                              ("organ_mask", organ_mask_path, "mask"), ("label", label_path, "mask")):
+    roles: tuple[tuple[str, str | Path | None, Role], ...] = (
+        ("ct", ct_path, "ct"), ("pet", pet_path, "pet"), ("organ_mask", organ_mask_path, "mask"),
+        ("label", label_path, "mask"))
+    for role, path, vrole in roles:
         if path is None:
             vols[role] = None
             continue
@@ -209,7 +213,7 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
         raise ModelError(f"model preprocessing ({pp.modality}, {pp.size}px) does not match the network"
                          f" ({inpainter.modality}, {inpainter.size}px)", code="modality_mismatch")
     if progress:
-        progress(ProgressEvent("prepare", 0, 1, "volumes"))
+        progress(ProgressEvent(Stage.preprocessing, 0, 1, Unit.volumes))
     case = prepare_case(inputs.ct, inputs.pet, pp)  # a PET given to a CT model still feeds SUV stats
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()

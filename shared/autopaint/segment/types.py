@@ -171,17 +171,6 @@ class Geometry:
                    hot_margin=params.hot_margin_px * s, hot_max_radius=params.hot_max_radius_px * s)
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One progress report: ``done`` of ``total`` ``unit`` ("slices" or "circles") in ``stage``."""
-
-    stage: str
-    done: int
-    total: int
-    unit: str
-
-
-ProgressFn = Callable[[ProgressEvent], None]
 CancelFn = Callable[[], bool]
 
 

@@ -9,9 +9,11 @@ from autopaint.storage.base import (
     StorageError,
     UploadTooLarge,
     check_key,
+    fetch_local,
     input_key,
     job_prefix,
     result_key,
+    store_results,
 )
 from autopaint.storage.local import LocalStorage
 
@@ -31,8 +33,10 @@ __all__ = [
     "StorageError",
     "UploadTooLarge",
     "check_key",
+    "fetch_local",
     "input_key",
     "job_prefix",
     "make_storage",
     "result_key",
+    "store_results",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from autopaint.contracts import RESULTS, ArtifactRecord
 from autopaint.errors import AutopaintError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
@@ -77,3 +78,31 @@ class Storage(Protocol):
     def iter_chunks(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """Stream an object's bytes."""
         ...
+
+
+def store_results(storage: Storage, job_id: str, out_dir: Path, names: Iterable[str]) -> list[ArtifactRecord]:
+    """Put each result file of ``names`` found in ``out_dir`` under ``jobs/<id>/results/<name>``;
+    returns their artifact records (content type from :data:`autopaint.contracts.RESULTS`)."""
+    records: list[ArtifactRecord] = []
+    for name in names:
+        path = Path(out_dir) / name
+        if not path.is_file():
+            continue
+        key = result_key(job_id, name)
+        sha, size = storage.put_file(key, path)
+        records.append(ArtifactRecord(name=name, storage_key=key, sha256=sha, bytes=size,
+                                      content_type=RESULTS.get(name, "application/octet-stream")))
+    return records
+
+
+def fetch_local(storage: Storage, key: str, dest: Path) -> Path:
+    """A local path holding the object ``key``: the storage's own file when it has one on this disk,
+    else a copy streamed to ``dest``."""
+    local = storage.path(key)
+    if local is not None and local.is_file():
+        return local
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as fh:
+        for chunk in storage.iter_chunks(key):
+            fh.write(chunk)
+    return dest
