@@ -37,16 +37,14 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from autopaint.segment.calibrate import choose_threshold  # noqa: E402
-from autopaint.segment.delineate import DelineationParams  # noqa: E402
-from autopaint.segment.pipeline import PipelineInputs, PipelineParams, hot_spots  # noqa: E402
-from autopaint.segment.profile import HotspotGate  # noqa: E402
-from autopaint.segment.thresholds import sweep_thresholds  # noqa: E402
-from autopaint.segment.types import SearchParams  # noqa: E402
-from bench.accuracy_cases import Prepared, baselines, lesion_scores, prepare, run_config  # noqa: E402
-from bench.accuracy_report import write_report  # noqa: E402
+from autopaint.segment.calibrate import choose_threshold
+from autopaint.segment.delineate import DelineationParams
+from autopaint.segment.pipeline import PipelineInputs, PipelineParams, hot_spots
+from autopaint.segment.profile import HotspotGate
+from autopaint.segment.thresholds import sweep_thresholds
+from autopaint.segment.types import SearchParams
+from bench.accuracy_cases import Prepared, baselines, lesion_scores, prepare, run_config
+from bench.accuracy_report import write_report
 
 log = logging.getLogger("bench.accuracy")
 TS = sweep_thresholds()
@@ -79,7 +77,7 @@ def load(cohort: Path, ids: list[str] | None) -> list[tuple[str, PipelineInputs]
     out = []
     for r in refs:
         c = load_case(r)
-        out.append((c.case_id, PipelineInputs(ct=c.ct, pet=c.pet, organ_mask=c.organ_mask, label=c.label)))
+        out.append((c.case_id, PipelineInputs.from_case(c)))
     return out
 
 

@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.quality_inpaint import SHIPPED, inpainting_quality, shipped_name, test_holes  # noqa: E402
-from bench.quality_report import inpainting_table  # noqa: E402
+from bench.quality_inpaint import SHIPPED, inpainting_quality, shipped_name, test_holes
+from bench.quality_report import inpainting_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ def case_ids(cohort: Path, split_of: Path | None, split: str) -> list[str]:
 def evaluate_case(inp: Any, ref: Any, params: PipelineParams, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     c = load_case(ref)
-    inputs = PipelineInputs(ct=c.ct, pet=c.pet, organ_mask=c.organ_mask, label=c.label)
+    inputs = PipelineInputs.from_case(c)
     res = run_pipeline(inputs, params, inp, out)
     wall = time.perf_counter() - t0
     rep = res.report

@@ -28,9 +28,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.quality_config import ARCH_NAMES, BUDGETS, MODALITY_NAMES, Budget, CohortPlan  # noqa: E402
+from bench.quality_config import ARCH_NAMES, BUDGETS, MODALITY_NAMES, Budget, CohortPlan
 
 log = logging.getLogger("bench.quality")
 _CHANNELS = {"ct": [0], "pet": [1], "petct": [0, 1]}
@@ -79,15 +77,9 @@ def split_ids(manifest: dict[str, Any]) -> dict[str, list[str]]:
 
 def _load_cases(cohort_dir: Path, ids: list[str]) -> list[Any]:
     from autopaint.data.cohorts import discover, load_case
-    from bench.quality_seg import EvalCase
 
     refs = {r.case_id: r for r in discover(cohort_dir)}
-    out = []
-    for cid in ids:
-        c = load_case(refs[cid])
-        organ = c.organ_mask if c.organ_mask is None or hasattr(c.organ_mask, "affine") else None
-        out.append(EvalCase(cid, c.ct, c.pet, c.label, organ))
-    return out
+    return [load_case(refs[cid]) for cid in ids]
 
 
 def _segment_cases(plan: CohortPlan, cases: list[Any], split: str, pp: Any, inpainters: dict[str, Any],

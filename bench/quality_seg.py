@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from autopaint.data.cohorts import Case
+from autopaint.imaging.modality import PET_CT_CHANNELS
 from autopaint.imaging.preprocess import PreparedCase, PreprocessParams, prepare_case
 from autopaint.imaging.resample import mask_on_grid
-from autopaint.imaging.volume import Volume
 from autopaint.model.uad import DenseAutoencoder, residual_maps
 from autopaint.segment.baselines import pet_window_map, suv_fixed_threshold, suvmax_fraction_threshold
+from autopaint.segment.calibrate import choose_threshold
 from autopaint.segment.engine import FAST_SOURCES, autoinpaint
 from autopaint.segment.metrics import segmentation_metrics
 from autopaint.segment.pipeline import PipelineInputs, PipelineParams, organ_of_interest, run_pipeline
@@ -35,21 +37,6 @@ from autopaint.segment.thresholds import sweep, sweep_thresholds
 log = logging.getLogger(__name__)
 
 THRESHOLDS = sweep_thresholds()
-
-
-@dataclass
-class EvalCase:
-    """A loaded case: Volumes on their own grids (CT in HU, PET in SUV), label (uint8) and optional OOI."""
-
-    case_id: str
-    ct: Volume | None
-    pet: Volume | None
-    label: Volume | None
-    organ_mask: Volume | None
-
-    @property
-    def inputs(self) -> PipelineInputs:
-        return PipelineInputs(ct=self.ct, pet=self.pet, organ_mask=self.organ_mask, label=self.label)
 
 
 @dataclass
@@ -66,11 +53,11 @@ class CaseGrid:
         return not bool(self.label.any())
 
 
-def case_grid(case: EvalCase, params: PreprocessParams, preset: str) -> CaseGrid:
+def case_grid(case: Case, params: PreprocessParams, preset: str) -> CaseGrid:
     """Prepare ``case`` with ``params`` (a PET/CT preprocessing) and put OOI and label on its grid."""
     prepared = prepare_case(case.ct, case.pet, params)
     ref = prepared.reference
-    ooi = organ_of_interest(case.inputs, ref, preset)
+    ooi = organ_of_interest(PipelineInputs.from_case(case), ref, preset)
     label = np.zeros(ref.shape, dtype=bool) if case.label is None else mask_on_grid(case.label, ref)
     return CaseGrid(prepared, ooi, label, ref.voxel_volume_ml)
 
@@ -127,7 +114,7 @@ def baseline_records(grid: CaseGrid) -> dict[str, dict[str, Any]]:
     return out
 
 
-def autopaint_record(case: EvalCase, grid: CaseGrid, inpainter: Any, preset: str, mode: str = "fast",
+def autopaint_record(case: Case, grid: CaseGrid, inpainter: Any, preset: str, mode: str = "fast",
                      screen_level: float | None = None) -> dict[str, Any]:
     """Run the product's :func:`run_pipeline` (files to a temp dir, discarded) and sweep its residual.
 
@@ -137,7 +124,7 @@ def autopaint_record(case: EvalCase, grid: CaseGrid, inpainter: Any, preset: str
         t0 = time.perf_counter()
         params = PipelineParams(preset=preset, mode=mode, screen_level=screen_level, write_preview=False,  # type: ignore[arg-type]
                                 profile="paper")  # the paper's tables: the paper's search
-        res = run_pipeline(case.inputs, params, inpainter, tmp)
+        res = run_pipeline(PipelineInputs.from_case(case), params, inpainter, tmp)
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,13 +155,11 @@ def choose_global_threshold(val_records: list[dict[str, Any]]) -> float | None:
 
     None when there is no such case or the method finds nothing on any of them (all-zero mean curve:
     every threshold is equally bad, so none is "chosen")."""
-    curves = [r["curve"]["dice"] for r in val_records if not r.get("healthy") and "curve" in r]
+    curves = {str(i): r["curve"]["dice"] for i, r in enumerate(val_records) if not r.get("healthy") and "curve" in r}
     if not curves:
         return None
-    mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
-    if float(mean.max()) <= 0.0:
-        return None
-    return float(THRESHOLDS[int(np.argmax(mean))])
+    threshold, mean = choose_threshold(curves, THRESHOLDS)
+    return threshold if float(mean.max()) > 0.0 else None
 
 
 def apply_global_threshold(records: list[dict[str, Any]], t: float | None) -> None:
@@ -198,7 +183,7 @@ def exact_vs_fast(grid: CaseGrid, inpainter: Any, n_slices: int | None) -> dict[
     [Dice] on those slices, seconds, forward passes, and the Dice between the two best-threshold masks.
     """
     prep = grid.prepared
-    images = prep.images if inpainter.in_channels == prep.images.shape[1] else prep.images[:, _channels(inpainter.modality)]
+    images = prep.images if inpainter.in_channels == prep.images.shape[1] else prep.images[:, PET_CT_CHANNELS[inpainter.modality]]
     ooi = prep.mask_to_model(grid.ooi)
     lab = prep.mask_to_model(grid.label) & ooi
     area = lab.reshape(lab.shape[0], -1).sum(axis=1)
@@ -218,7 +203,3 @@ def exact_vs_fast(grid: CaseGrid, inpainter: Any, n_slices: int | None) -> dict[
                      "forward_passes": inpainter.images_inpainted - before}
     out["mask_agreement_dice"] = segmentation_metrics(masks["fast"], masks["exact"])["dice"]
     return out
-
-
-def _channels(modality: str) -> list[int]:
-    return {"ct": [0], "pet": [1], "petct": [0, 1]}[modality]

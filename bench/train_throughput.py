@@ -14,22 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import hnct_slices  # noqa: E402
-
-from autopaint.model.flops import flops_per_image  # noqa: E402
-from autopaint.model.holes import fixed_masks  # noqa: E402
-from autopaint.model.losses import InpaintingLoss, LossWeights  # noqa: E402
-from autopaint.model.networks import PRESETS, build_network, count_parameters, preset_config  # noqa: E402
-from autopaint.model.train import TrainConfig, train, train_step  # noqa: E402
-from autopaint.model.vgg import build_vgg  # noqa: E402
+from autopaint.model.flops import flops_per_image
+from autopaint.model.holes import fixed_masks
+from autopaint.model.losses import InpaintingLoss, LossWeights
+from autopaint.model.networks import PRESETS, build_network, count_parameters, preset_config
+from autopaint.model.train import TrainConfig, train, train_step
+from autopaint.model.vgg import build_vgg
+from bench import hnct_slices
 
 CANDIDATES: dict[str, dict] = {
     "d5-w16-128": {"depth": 5, "base_width": 16, "max_width": 128},

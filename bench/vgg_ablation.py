@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import hnct_slices  # noqa: E402
-
-from autopaint.model.train import TrainConfig, train  # noqa: E402
+from autopaint.model.train import TrainConfig, train
+from bench import hnct_slices
 
 
 def run(ds: Path, work: Path, perceptual: str, steps: int, vgg_weights: str | None = None) -> dict:

@@ -25,7 +25,7 @@ from services.api.errors import ApiError, not_found
 from services.api.ingest import check_head, limits_for, sanitize_and_store, validate_files
 from services.api.queue import BrokerUnavailable
 from services.api.schemas import ArtifactOut, ErrorOut, JobOut, JobPage, ResultsOut
-from services.api.uploads import ParsedUpload, UploadedFile, parse_upload
+from services.api.uploads import ParsedUpload, parse_upload
 from services.api.views import job_out
 
 log = logging.getLogger(__name__)
@@ -137,51 +137,28 @@ async def submit_job(
     tmp = s.state_dir / "uploads" / job_id
     tmp.mkdir(parents=True)
     limits = limits_for(s.max_voxels, s.max_upload_bytes)
-
-    def head_check(f: UploadedFile) -> None:
-        check_head(f.head, limits)
-
     stored = False
     try:
-        parsed: ParsedUpload = await parse_upload(
-            request.headers.get("content-type", ""), request.stream(), tmp, s.max_upload_bytes, head_check
-        )
+        parsed: ParsedUpload = await parse_upload(request.headers.get("content-type", ""), request.stream(), tmp,
+                                                  s.max_upload_bytes, lambda f: check_head(f.head, limits))
         params = _params(ctx, parsed.fields, set(parsed.files))
         cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
-        case_name = (parsed.fields.get("case_name") or "").strip()[:200] or None
         paths = {role: f.path for role, f in parsed.files.items()}
         await run_in_threadpool(validate_files, paths, limits)
         stored = True
         inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp)
-        with ctx.sessions() as session:
-            job = Job(
-                id=job_id, owner_key_id=owner, cohort_id=cohort_id, case_name=case_name,
-                state=JobState.QUEUED, params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
-                max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key,
-            )
-            session.add(job)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                other = _existing(ctx, owner, idempotency_key) if idempotency_key else None
-                if other is None:
-                    raise
-                ctx.storage.delete_prefix(job_prefix(job_id))
-                return _replay(ctx, other)
-        try:
-            await run_in_threadpool(ctx.publisher.publish, job_id, job.queue)
-        except BrokerUnavailable as exc:
-            with ctx.sessions() as session:
-                repo.fail_job(session, job_id, "broker_unavailable", "the job queue is unavailable; submit again")
-            ctx.metrics.rejections.labels("broker_unavailable").inc()
-            raise ApiError(503, "broker_unavailable", "the job queue is unavailable; try again later",
-                           headers={"Retry-After": "30"}) from exc
+        job = Job(id=job_id, owner_key_id=owner, cohort_id=cohort_id,
+                  case_name=(parsed.fields.get("case_name") or "").strip()[:200] or None, state=JobState.QUEUED,
+                  params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
+                  max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key)
+        body, other = _insert(ctx, job)
+        if other is not None:
+            ctx.storage.delete_prefix(job_prefix(job_id))
+            return _replay(ctx, other)
+        await _publish(ctx, job)
         ctx.metrics.bytes_uploaded.inc(parsed.received_bytes)
         ctx.metrics.jobs_submitted.inc()
         log.info("job %s accepted (%d bytes, roles %s)", job_id, parsed.received_bytes, sorted(inputs))
-        with ctx.sessions() as session:
-            body = job_out(session, session.merge(job)).model_dump(mode="json")
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
     except (InvalidInput, UploadTooLarge) as exc:
         ctx.metrics.rejections.labels(exc.code).inc()
@@ -196,6 +173,34 @@ async def submit_job(
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _insert(ctx: AppContext, job: Job) -> tuple[dict[str, Any], Job | None]:
+    """Commit the new row and render its 202 body in one session; ``(body, None)``, or ``({}, other)``
+    when a concurrent request with the same idempotency key committed first."""
+    with ctx.sessions() as session:
+        session.add(job)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            other = _existing(ctx, job.owner_key_id, job.idempotency_key) if job.idempotency_key else None
+            if other is None:
+                raise
+            return {}, other
+        return job_out(session, job).model_dump(mode="json"), None
+
+
+async def _publish(ctx: AppContext, job: Job) -> None:
+    """Publish the committed job; a broker that does not answer fails the row (503, nothing queued)."""
+    try:
+        await run_in_threadpool(ctx.publisher.publish, job.id, job.queue)
+    except BrokerUnavailable as exc:
+        with ctx.sessions() as session:
+            repo.fail_job(session, job.id, "broker_unavailable", "the job queue is unavailable; submit again")
+        ctx.metrics.rejections.labels("broker_unavailable").inc()
+        raise ApiError(503, "broker_unavailable", "the job queue is unavailable; try again later",
+                       headers={"Retry-After": "30"}) from exc
 
 
 @router.get("", response_model=JobPage, summary="List your jobs", responses=ERRORS)

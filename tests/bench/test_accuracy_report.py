@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.accuracy_report import summary_row, wilcoxon_rows, write_report  # noqa: E402
+from bench.accuracy_report import summary_row, wilcoxon_rows, write_report
 
 
 def _rec(case: str, dice: float | None, found: int = 1, lesions: int = 1, fp: int = 0, pred_ml: float = 0.0,

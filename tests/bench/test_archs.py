@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.archs import budget_of  # noqa: E402
-from bench.quality_inpaint import SHIPPED, shipped_name  # noqa: E402
+from bench.archs import budget_of
+from bench.quality_inpaint import SHIPPED, shipped_name
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 # what may differ between the reference and a sibling: the architecture, where it was written, the

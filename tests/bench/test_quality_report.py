@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.quality_report import (  # noqa: E402
+from bench.quality_report import (
     best_method,
     format_p,
     inpainting_rows,

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.quality_seg import THRESHOLDS, apply_global_threshold, choose_global_threshold  # noqa: E402
+from bench.quality_seg import THRESHOLDS, apply_global_threshold, choose_global_threshold
 
 
 def _rec(peak_at: float, healthy: bool = False) -> dict:

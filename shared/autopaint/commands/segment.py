@@ -162,7 +162,7 @@ def _lazy_inputs(refs: list[Any]) -> Any:
 
     for ref in refs:
         c = load_case(ref)
-        yield c.case_id, PipelineInputs(ct=c.ct, pet=c.pet, organ_mask=c.organ_mask, label=c.label)
+        yield c.case_id, PipelineInputs.from_case(c)
 
 
 def calibrate_threshold_cmd(

@@ -16,6 +16,9 @@ Modality = Literal["ct", "pet", "petct"]
 MODALITIES: tuple[str, ...] = get_args(Modality)
 IMAGE_ROLES: dict[str, tuple[str, ...]] = {"ct": ("ct",), "pet": ("pet",), "petct": ("ct", "pet")}
 """Modality -> the image roles it needs."""
+PET_CT_CHANNELS: dict[str, list[int]] = {"ct": [0], "pet": [1], "petct": [0, 1]}
+"""Modality -> the channels it reads of a two-channel stack (CT = 0, PET = 1: the prepared images of
+:func:`autopaint.imaging.preprocess.prepare_case` and the slice datasets)."""
 
 
 def check_roles(modality: str | None, present: Iterable[str]) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from autopaint.data.datasets import load_split
 from autopaint.errors import InvalidInput
+from autopaint.imaging.modality import PET_CT_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def channel_index(dataset_modality: str, n_channels: int, modality: str) -> list
     if modality not in MODALITIES:
         raise InvalidInput(f"modality must be one of {MODALITIES}, got {modality!r}", code="bad_modality")
     if n_channels == 2:
-        return {"ct": [0], "pet": [1], "petct": [0, 1]}[modality]
+        return PET_CT_CHANNELS[modality]
     if n_channels == 1 and (dataset_modality in ("", modality)) and modality != "petct":
         return [0]
     raise InvalidInput(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from autopaint.segment.search import (
 from autopaint.segment.types import (
     CancelFn,
     Counters,
+    FastSource,
     Geometry,
     InpainterLike,
     Mode,
@@ -53,7 +54,7 @@ from autopaint.segment.types import (
 
 log = logging.getLogger(__name__)
 
-FAST_SOURCES: frozenset[str] = frozenset({"screen", "grouped", "early_stop", "batch"})
+FAST_SOURCES: frozenset[FastSource] = frozenset(FastSource)
 
 
 @dataclass
@@ -123,7 +124,7 @@ def rescore_batch(inpainter: InpainterLike, images: np.ndarray, circles: dict[in
 
 
 def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.ndarray, geom: Geometry,
-                       params: SearchParams, sources: frozenset[str], grouped: dict[int, np.ndarray],
+                       params: SearchParams, sources: frozenset[FastSource], grouped: dict[int, np.ndarray],
                        slices: dict[int, dict[str, Any]], unions: np.ndarray, out: np.ndarray,
                        final_masks: np.ndarray, batch: int, rule: ResidualRule,
                        coarse: frozenset[int] = frozenset()) -> None:
@@ -132,7 +133,7 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
     Slices in ``coarse`` take the top-k of their screen scores as they are (no more scoring passes)."""
     inpainter = ctx.inpainter
     full = [k for k in todo if k not in coarse]
-    if {"screen", "grouped"} <= sources and params.screen_subsample > 1 and params.complete_groups:
+    if {FastSource.SCREEN, FastSource.GROUPED} <= sources and params.screen_subsample > 1 and params.complete_groups:
         # the screen ran only its subset of groups: run the remaining checkerboard groups
         t0, before = time.perf_counter(), inpainter.images_inpainted
         for chunk in _chunks(full, batch):
@@ -151,12 +152,12 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
         unions[k] = candidate_circles(ooi[k], geom.radius, geom.stride).union(pick)
         slices[k]["searched"] = "coarse"
     n_circ = {k: len(candidate_grid(ooi[k], geom.stride)[0]) for k in full}
-    total = sum(min(n_circ[k], params.rescore_k) if "grouped" in sources else n_circ[k] for k in full)
+    total = sum(min(n_circ[k], params.rescore_k) if FastSource.GROUPED in sources else n_circ[k] for k in full)
     done = 0
     for chunk in _chunks(full, batch):
         ctx.check()
         circ = {k: candidate_circles(ooi[k], geom.radius, geom.stride) for k in chunk}
-        if "grouped" in sources:
+        if FastSource.GROUPED in sources:
             subs = {k: top_k(grouped[k], params.rescore_k) for k in chunk}
             rescored = rescore_batch(inpainter, images, circ, subs, params.score)
             picks = {k: subs[k][top_k(rescored[k], params.top_k)] for k in chunk}
@@ -182,7 +183,7 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
     for chunk in _chunks(todo, batch):
         ctx.check()
         lad = run_ladder(inpainter, images[chunk], unions[chunk], geom.ladder_widths,
-                         params.ladder_tol, early_stop="early_stop" in sources)
+                         params.ladder_tol, early_stop=FastSource.EARLY_STOP in sources)
         for j, k in enumerate(chunk):
             final_masks[k] = lad.masks[j]
             out[k], kept, area = size_filter(images[k], lad.inpainted[j], lad.masks[j],
@@ -213,55 +214,19 @@ def _search_and_refine(ctx: _Ctx, todo: list[int], images: np.ndarray, ooi: np.n
     ctx.timings["ladder"] = ctx.timings.get("ladder", 0.0) + time.perf_counter() - t0
 
 
-def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
-                params: SearchParams | None = None, mode: Mode = "fast",
-                screen_level: float | None = None, sources: frozenset[str] | None = None,
-                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-                hot: np.ndarray | None = None, pet_channel: int | None = None,
-                ) -> AutoinpaintResult:
-    """Autoinpaint a volume's slices. ``images`` (K, C, N, N) float32 [0, 1]; ``ooi`` (K, N, N) bool.
-
-    ``mode="exact"``: every OOI slice gets the full circle search (one circle per pass), the
-    six-rung ladder and the size filter. ``mode="fast"``: ``sources`` (default all of
-    :data:`FAST_SOURCES`). ``screen_level``: calibrated level (card["screen_level"]); None uses the
-    volume's own robust fallback (:func:`fast.fallback_level`). ``params.candidates``: "sweep" runs
-    the above; "hotspot" only the PET-guided circles on ``hot`` ((K, N, N) bool hot-spot map, with
-    ``pet_channel`` the PET channel of ``images``); "both" runs both and keeps, per pixel, the larger
-    residual. ``params.sign``/``channel_weights`` set the residual rule (:class:`refine.ResidualRule`).
-    """
-    params = params or SearchParams()
-    if sources is None:
-        sources = FAST_SOURCES if mode == "fast" else frozenset()
-    unknown = set(sources) - FAST_SOURCES
-    if unknown:
-        raise ValueError(f"unknown fast-mode sources {sorted(unknown)}")
-    k_count, n_ch, n = images.shape[0], images.shape[1], images.shape[-1]
-    if ooi.shape != (k_count, n, n):
-        raise ValueError(f"ooi shape {ooi.shape} does not match images {images.shape}")
-    geom = Geometry.for_size(params, n)
-    rule = params.residual_rule(pet_channel)
-    extra: dict[str, Any] = {"geometry": asdict(geom), "n_channels": n_ch}
-    if params.candidates == "hotspot":
-        ooi_sweep = np.zeros_like(ooi)  # no organ-wide sweep: only the hot-spot path below
-    else:
-        ooi_sweep = ooi
-    ctx = _Ctx(inpainter, progress, should_cancel)
-    batch = params.slice_batch if "batch" in sources else 1
-    ooi_slices = [k for k in range(k_count) if ooi_sweep[k].any()]
-    slices: dict[int, dict[str, Any]] = {k: {"k": k, "flagged": False} for k in ooi_slices}
-    use_grouped = bool({"screen", "grouped"} & sources)
-
-    # Stage 1: grouped pass (screen and/or grouped scoring), batched across slices.
+def _screen(ctx: _Ctx, images: np.ndarray, ooi: np.ndarray, ooi_slices: list[int], geom: Geometry,
+            params: SearchParams, sources: frozenset[FastSource], batch: int, screen_level: float | None,
+            slices: dict[int, dict[str, Any]]) -> tuple[dict[int, np.ndarray], list[int], float | None, str]:
+    """Stage 1, the grouped pass (screen and/or grouped scoring, batched across slices): the
+    grouped scores per slice, the slices flagged for the full search, the level and its source."""
     grouped: dict[int, np.ndarray] = {}
-    level: float | None = None
-    level_source = "none"
-    if use_grouped:
-        t0, before = time.perf_counter(), inpainter.images_inpainted
+    if sources & {FastSource.SCREEN, FastSource.GROUPED}:
+        t0, before = time.perf_counter(), ctx.inpainter.images_inpainted
         done = 0
-        which = "screen" if "screen" in sources else "all"
+        which = "screen" if FastSource.SCREEN in sources else "all"
         for chunk in _chunks(ooi_slices, batch):
             ctx.check()
-            for k, sc in zip(chunk, grouped_scores(inpainter, images[chunk], ooi[chunk], geom, params, which),
+            for k, sc in zip(chunk, grouped_scores(ctx.inpainter, images[chunk], ooi[chunk], geom, params, which),
                              strict=True):
                 grouped[k] = sc
                 slices[k]["screen_score"] = screen_score(sc)
@@ -269,60 +234,115 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
             ctx.report(Stage.searching, done, len(ooi_slices), Unit.slices, "screen")
         ctx.count("screen", before)
         ctx.timings["screen"] = time.perf_counter() - t0
-    flagged = list(ooi_slices)
-    if "screen" in sources:
-        scores = np.array([slices[k]["screen_score"] for k in ooi_slices])
-        if screen_level is not None:
-            level, level_source = float(screen_level), "calibrated"
-        else:
-            level, level_source = fallback_level(scores, params.screen_fallback_k), "volume_fallback"
-        flagged = [k for k in ooi_slices if slices[k]["screen_score"] > level]
-        log.info("screen: %d of %d OOI slices flagged (level %.4f, %s)", len(flagged),
-                 len(ooi_slices), level, level_source)
+    if FastSource.SCREEN not in sources:
+        return grouped, list(ooi_slices), None, "none"
+    scores = np.array([slices[k]["screen_score"] for k in ooi_slices])
+    if screen_level is not None:
+        level, level_source = float(screen_level), "calibrated"
+    else:
+        level, level_source = fallback_level(scores, params.screen_fallback_k), "volume_fallback"
+    flagged = [k for k in ooi_slices if slices[k]["screen_score"] > level]
+    log.info("screen: %d of %d OOI slices flagged (level %.4f, %s)", len(flagged), len(ooi_slices), level,
+             level_source)
+    return grouped, flagged, level, level_source
+
+
+def _slices_to_search(flagged: list[int], ooi_slices: list[int], params: SearchParams,
+                      sources: frozenset[FastSource], slices: dict[int, dict[str, Any]]
+                      ) -> tuple[list[int], frozenset[int]]:
+    """(slices to search, of which coarse). Unflagged OOI slices get a coarse search on the screen's
+    own scores (``unflagged="coarse"``), or, with neighbour growth, the slices within ``grow_slices``
+    of a flagged slice are searched too (tumours are 3D and the screen misses the small
+    cross-sections at their ends; a bounded rule: anatomy is continuous along k as well, so "grow
+    while the detection goes on" walked through whole volumes with the real model)."""
+    flagged = list(flagged)
     for k in flagged:
         slices[k]["flagged"] = True
-    ctx.check()
-    unions = np.zeros((k_count, n, n), dtype=bool)
-    out = images.astype(np.float32, copy=True)
-    final_masks = np.zeros((k_count, n, n), dtype=bool)
     coarse: frozenset[int] = frozenset()
-    if "screen" in sources and params.unflagged == "coarse":
-        # every unflagged OOI slice still gets a search, on the screen's own scores (no more passes)
+    if FastSource.SCREEN in sources and params.unflagged == "coarse":
         coarse = frozenset(ooi_slices) - set(flagged)
-    elif "screen" in sources and params.grow_slices > 0:
-        # neighbour growth: tumours are 3D and the screen misses the small cross-sections at their
-        # ends, so the OOI slices within ``grow_slices`` of a flagged slice are searched too (a
-        # bounded rule: anatomy is continuous along k as well, so "grow while the detection goes
-        # on" walked through whole volumes with the real model)
+    elif FastSource.SCREEN in sources and params.grow_slices > 0:
         near = {k + d for k in flagged for d in range(-params.grow_slices, params.grow_slices + 1)}
         for j in sorted(near & set(ooi_slices) - set(flagged)):
             slices[j].update(flagged=True, grown=True)
             flagged.append(j)
-    todo = sorted(set(flagged) | coarse)
+    return sorted(set(flagged) | coarse), coarse
+
+
+def _hotspot_pass(ctx: _Ctx, images: np.ndarray, hot: np.ndarray, ooi: np.ndarray, pet_channel: int | None,
+                  geom: Geometry, params: SearchParams, rule: ResidualRule, batch: int, residual: np.ndarray,
+                  out: np.ndarray, unions: np.ndarray, extra: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The PET-guided circles; per pixel, the larger residual of this pass and the sweep's wins
+    (``unions`` updated in place). Returns (residual, autoinpainted)."""
+    if pet_channel is None:
+        raise ValueError("hot-spot candidates need a model with a PET channel")
+    t0, before = time.perf_counter(), ctx.inpainter.images_inpainted
+
+    def on_chunk(done: int, total: int) -> None:
+        ctx.check()
+        ctx.report(Stage.searching, done, total, Unit.slices, "hotspot")
+
+    h_unions, h_out, cands, passes = hotspot_search(
+        ctx.inpainter, images, hot, ooi, pet_channel, geom, params, rule, batch, on_chunk=on_chunk)
+    ctx.count("hotspot", before)
+    ctx.timings["hotspot"] = time.perf_counter() - t0
+    h_res = rule(images, h_out)
+    take = h_res > residual
+    unions |= h_unions
+    extra["candidates"] = [c.record() for c in cands]
+    extra["coverage_passes"] = passes
+    return np.where(take, h_res, residual), np.where(take[:, None], h_out, out)
+
+
+def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
+                params: SearchParams | None = None, mode: Mode = "fast",
+                screen_level: float | None = None, sources: Iterable[str] | None = None,
+                progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                hot: np.ndarray | None = None, pet_channel: int | None = None,
+                ) -> AutoinpaintResult:
+    """Autoinpaint a volume's slices. ``images`` (K, C, N, N) float32 [0, 1]; ``ooi`` (K, N, N) bool.
+
+    ``mode="exact"``: every OOI slice gets the full circle search (one circle per pass), the
+    six-rung ladder and the size filter. ``mode="fast"``: ``sources`` (:class:`FastSource` values,
+    default all of :data:`FAST_SOURCES`). ``screen_level``: calibrated level (card["screen_level"]);
+    None uses the volume's own robust fallback (:func:`fast.fallback_level`). ``params.candidates``:
+    "sweep" runs the above; "hotspot" only the PET-guided circles on ``hot`` ((K, N, N) bool hot-spot
+    map, with ``pet_channel`` the PET channel of ``images``); "both" runs both and keeps, per pixel,
+    the larger residual. ``params.sign``/``channel_weights`` set the residual rule
+    (:class:`refine.ResidualRule`).
+    """
+    params = params or SearchParams()
+    try:
+        srcs = frozenset(FastSource(s) for s in (sources if sources is not None
+                                                 else FAST_SOURCES if mode == "fast" else ()))
+    except ValueError as exc:
+        raise ValueError(f"unknown fast-mode source: {exc}") from exc
+    k_count, n_ch, n = images.shape[0], images.shape[1], images.shape[-1]
+    if ooi.shape != (k_count, n, n):
+        raise ValueError(f"ooi shape {ooi.shape} does not match images {images.shape}")
+    geom = Geometry.for_size(params, n)
+    rule = params.residual_rule(pet_channel)
+    extra: dict[str, Any] = {"geometry": asdict(geom), "n_channels": n_ch}
+    # "hotspot" alone: no organ-wide sweep, only the hot-spot pass below
+    ooi_sweep = np.zeros_like(ooi) if params.candidates == "hotspot" else ooi
+    ctx = _Ctx(inpainter, progress, should_cancel)
+    batch = params.slice_batch if FastSource.BATCH in srcs else 1
+    ooi_slices = [k for k in range(k_count) if ooi_sweep[k].any()]
+    slices: dict[int, dict[str, Any]] = {k: {"k": k, "flagged": False} for k in ooi_slices}
+    grouped, flagged, level, level_source = _screen(ctx, images, ooi, ooi_slices, geom, params, srcs, batch,
+                                                    screen_level, slices)
+    todo, coarse = _slices_to_search(flagged, ooi_slices, params, srcs, slices)
+    ctx.check()
+    unions = np.zeros((k_count, n, n), dtype=bool)
+    out = images.astype(np.float32, copy=True)
+    final_masks = np.zeros((k_count, n, n), dtype=bool)
     if todo:
-        _search_and_refine(ctx, todo, images, ooi, geom, params, sources, grouped, slices, unions,
+        _search_and_refine(ctx, todo, images, ooi, geom, params, srcs, grouped, slices, unions,
                            out, final_masks, batch, rule, coarse)
     residual = rule(images, out)
     if hot is not None and params.candidates in ("hotspot", "both"):
-        if pet_channel is None:
-            raise ValueError("hot-spot candidates need a model with a PET channel")
-        t0, before = time.perf_counter(), inpainter.images_inpainted
-
-        def on_chunk(done: int, total: int) -> None:
-            ctx.check()
-            ctx.report(Stage.searching, done, total, Unit.slices, "hotspot")
-
-        h_unions, h_out, cands, passes = hotspot_search(
-            inpainter, images, hot, ooi, pet_channel, geom, params, rule, batch, on_chunk=on_chunk)
-        ctx.count("hotspot", before)
-        ctx.timings["hotspot"] = time.perf_counter() - t0
-        h_res = rule(images, h_out)
-        take = h_res > residual
-        residual = np.where(take, h_res, residual)
-        out = np.where(take[:, None], h_out, out)
-        unions |= h_unions
-        extra["candidates"] = [c.record() for c in cands]
-        extra["coverage_passes"] = passes
+        residual, out = _hotspot_pass(ctx, images, hot, ooi, pet_channel, geom, params, rule, batch, residual,
+                                      out, unions, extra)
     residual = residual.astype(np.float32)
     residual *= ooi
     np.clip(residual, 0.0, 1.0, out=residual)
@@ -330,6 +350,7 @@ def autoinpaint(images: np.ndarray, ooi: np.ndarray, inpainter: InpainterLike,
         autoinpainted=out, residual=residual, unions=unions, final_masks=final_masks,
         slices=[slices[k] for k in ooi_slices], counters=ctx.counters,
         flops=int(ctx.counters.total * int(inpainter.flops_per_image)), timings=ctx.timings,
-        mode=mode, sources=sorted(sources), screen_level=level if level is None or math.isfinite(level)
-        else None, level_source=level_source, extra=extra,
+        mode=mode, sources=sorted(str(x) for x in srcs),
+        screen_level=level if level is None or math.isfinite(level) else None,
+        level_source=level_source, extra=extra,
     )

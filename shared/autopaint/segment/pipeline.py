@@ -30,6 +30,7 @@ from autopaint.segment.thresholds import resolve_threshold, sweep
 from autopaint.segment.types import CancelFn, InpainterLike, Mode, SearchParams
 
 if TYPE_CHECKING:
+    from autopaint.data.cohorts import Case
     from autopaint.imaging.preprocess import PreparedCase
     from autopaint.imaging.validate import Role
 
@@ -48,6 +49,11 @@ class PipelineInputs:
     organ_mask: Volume | None = None
     label: Volume | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_case(cls, case: Case) -> PipelineInputs:
+        """The inputs of a loaded cohort case (:func:`autopaint.data.cohorts.load_case`)."""
+        return cls(ct=case.ct, pet=case.pet, organ_mask=case.organ_mask, label=case.label)
 
 
 @dataclass(frozen=True)

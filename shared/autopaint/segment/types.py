@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -172,6 +173,15 @@ class Geometry:
 
 
 CancelFn = Callable[[], bool]
+
+
+class FastSource(StrEnum):
+    """The parts of fast mode, each switchable (``autoinpaint(sources=...)``, see :mod:`engine`)."""
+
+    SCREEN = "screen"
+    GROUPED = "grouped"
+    EARLY_STOP = "early_stop"
+    BATCH = "batch"
 
 
 @dataclass
