@@ -23,15 +23,16 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autopaint.imaging.modality import PET_CT_CHANNELS
 from bench.quality_config import ARCH_NAMES, BUDGETS, MODALITY_NAMES, Budget, CohortPlan
 
 log = logging.getLogger("bench.quality")
-_CHANNELS = {"ct": [0], "pet": [1], "petct": [0, 1]}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -105,44 +106,66 @@ def _segment_cases(plan: CohortPlan, cases: list[Any], split: str, pp: Any, inpa
 
 def run_cohort(plan: CohortPlan, budget: Budget, work: Path, results: dict[str, Any], device: str = "cpu") -> None:
     """Everything for one cohort; fills ``results`` in place (models, inpainting, segmentation, timings)."""
-    from autopaint.data.datasets import load_split
-    from autopaint.imaging.preprocess import PreprocessParams
-    from autopaint.model.inpainter import Inpainter
-    from bench.quality_inpaint import (
-        ensure_inpainting_model,
-        ensure_uad_model,
-        inpainting_quality,
-        test_holes,
-    )
-    from bench.quality_seg import (
-        apply_global_threshold,
-        calibrate,
-        case_grid,
-        choose_global_threshold,
-        exact_vs_fast,
-    )
-
     timings = results["timings"].setdefault(plan.name, {})
     t = time.perf_counter()
     cohort_dir = _cohort_dir(plan, work)
     if cohort_dir is None:
         results["skipped"][plan.name] = f"data folder {plan.source!r} not found"
         return
+    data = _prepare_data(plan, budget, cohort_dir, work, results)
+    timings["data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model_info, uads = _train_models(plan, budget, work, data, device)
+    results["models"][plan.name] = model_info
+    timings["training"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _inpainting_tables(plan, budget, data, model_info, results, device)
+    timings["inpainting"] = time.perf_counter() - t
+    t = time.perf_counter()
+    inpainters, levels = _calibrate_levels(plan, budget, data, model_info, device)
+    timings["calibration"] = time.perf_counter() - t
+    test_cases = _segmentation_tables(plan, data, inpainters, levels, uads, results, timings, device)
+    t = time.perf_counter()
+    _exact_vs_fast_rows(plan, budget, data, inpainters, test_cases, results)
+    timings["exact_vs_fast"] = time.perf_counter() - t
+
+
+@dataclass(frozen=True)
+class _CohortData:
+    """A cohort's slice dataset, split ids, preprocessing and manifest."""
+
+    cohort_dir: Path
+    dataset: Path
+    manifest: dict[str, Any]
+    ids: dict[str, list[str]]
+    pp: Any  # PreprocessParams
+
+
+def _prepare_data(plan: CohortPlan, budget: Budget, cohort_dir: Path, work: Path,
+                  results: dict[str, Any]) -> _CohortData:
+    from autopaint.data.datasets import load_split
+    from autopaint.imaging.preprocess import PreprocessParams
+
     dataset, manifest = _dataset(plan, cohort_dir, work, budget.size)
     ids = split_ids(manifest)
-    pp = PreprocessParams.from_dict(manifest["preprocessing"])
-    timings["data"] = time.perf_counter() - t
     results["cohorts"][plan.name] = {"dir": str(cohort_dir), "preset": plan.preset, "source": plan.source,
                                      "splits": {k: len(v) for k, v in ids.items()}, "split_ids": ids,
                                      "slices": {s: int(len(load_split(dataset, s).images)) for s in ("train", "val", "test")}}
+    return _CohortData(cohort_dir, dataset, manifest, ids, PreprocessParams.from_dict(manifest["preprocessing"]))
 
-    # -- models
-    t = time.perf_counter()
+
+def _train_models(plan: CohortPlan, budget: Budget, work: Path, data: _CohortData, device: str
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The inpainting models (shipped when they fit and do not leak, else trained) and the dAE/VAE."""
+    from autopaint.data.datasets import load_split
+    from bench.quality_inpaint import ensure_inpainting_model, ensure_uad_model
+
+    ids = data.ids
     wanted = {(a, "petct") for a in plan.inpaint_archs} | {(a, m) for m, archs in plan.seg.items() for a in archs}
     model_info: dict[str, dict[str, Any]] = {}
     held_out = frozenset(ids["val"] + ids["test"])
     for arch, modality in sorted(wanted):
-        info = ensure_inpainting_model(work, dataset, plan.name, arch, modality, budget.train_seconds[arch],
+        info = ensure_inpainting_model(work, data.dataset, plan.name, arch, modality, budget.train_seconds[arch],
                                        budget.epochs, budget.reuse_shipped, budget.size, device, held_out,
                                        test_ids=frozenset(ids["test"]))
         model_info[method_name(arch, modality)] = info
@@ -152,68 +175,87 @@ def run_cohort(plan: CohortPlan, budget: Budget, work: Path, results: dict[str, 
         # the shipped model had far more training than Gconv/Pconv here: add a GconvLap with their budget
         # (not needed when the equal-budget shipped siblings of bench/archs.py are used)
         secs = budget.train_seconds["gconv"]
-        info = ensure_inpainting_model(work, dataset, plan.name, "gconv_lap", "petct", secs, budget.epochs, False,
-                                       budget.size, device, held_out, tag="-short")
+        info = ensure_inpainting_model(work, data.dataset, plan.name, "gconv_lap", "petct", secs, budget.epochs,
+                                       False, budget.size, device, held_out, tag="-short")
         model_info[f"{ref_name} ({secs:.0f} s)"] = {**info, "inpainting_only": True}
     uads: dict[str, Any] = {}
     if plan.uad:
-        train = load_split(dataset, "train")
-        val = load_split(dataset, "val")
+        train = load_split(data.dataset, "train")
+        val = load_split(data.dataset, "val")
         for kind, label in (("dae", "dAE"), ("vae", "VAE")):
             model, info = ensure_uad_model(work, plan.name, kind, train.images, val.images, budget.train_seconds[kind],
-                                           budget.size, pp.to_dict(), budget.uad_width, device)
+                                           budget.size, data.pp.to_dict(), budget.uad_width, device)
             uads[f"{label}-PET/CT"] = model
             model_info[f"{label}-PET/CT"] = info
-    results["models"][plan.name] = model_info
-    timings["training"] = time.perf_counter() - t
+    return model_info, uads
 
-    # -- Tables 1-2: inpainting quality on test patients' healthy slices
-    t = time.perf_counter()
-    test = load_split(dataset, "test")
-    if len(test.images):
-        images, masks = test_holes(test.images, budget.max_inpaint_images, budget.hole_seed)
-        dirs = {ARCH_NAMES[a]: model_info[method_name(a, "petct")]["path"] for a in plan.inpaint_archs}
-        dirs.update({name.replace("-PET/CT", ""): info["path"] for name, info in model_info.items()
-                     if info.get("inpainting_only")})
-        results["inpainting"][plan.name] = inpainting_quality(dirs, images, masks, device)
-    timings["inpainting"] = time.perf_counter() - t
 
-    # -- Tables 3-4, 6-7: segmentation of validation and test patients
-    t = time.perf_counter()
+def _inpainting_tables(plan: CohortPlan, budget: Budget, data: _CohortData, model_info: dict[str, dict[str, Any]],
+                       results: dict[str, Any], device: str) -> None:
+    """Tables 1-2: inpainting quality on the test patients' healthy slices."""
+    from autopaint.data.datasets import load_split
+    from bench.quality_inpaint import inpainting_quality, test_holes
+
+    test = load_split(data.dataset, "test")
+    if not len(test.images):
+        return
+    images, masks = test_holes(test.images, budget.max_inpaint_images, budget.hole_seed)
+    dirs = {ARCH_NAMES[a]: model_info[method_name(a, "petct")]["path"] for a in plan.inpaint_archs}
+    dirs.update({name.replace("-PET/CT", ""): info["path"] for name, info in model_info.items()
+                 if info.get("inpainting_only")})
+    results["inpainting"][plan.name] = inpainting_quality(dirs, images, masks, device)
+
+
+def _calibrate_levels(plan: CohortPlan, budget: Budget, data: _CohortData, model_info: dict[str, dict[str, Any]],
+                      device: str) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """The segmentation models, loaded, and their fast-mode screening levels from validation slices."""
+    from autopaint.data.datasets import load_split
+    from autopaint.model.inpainter import Inpainter
+    from bench.quality_seg import calibrate
+
     seg_names = {method_name(a, m) for m, archs in plan.seg.items() for a in archs}
     inpainters = {name: Inpainter.load(info["path"], device=device) for name, info in model_info.items()
                   if name in seg_names}
-    val = load_split(dataset, "val")
+    val = load_split(data.dataset, "val")
     levels: dict[str, float | None] = {}
     for name, inp in inpainters.items():
         if len(val.images) == 0:
             levels[name] = None
             continue
-        cal = calibrate(inp, val.images[:, _CHANNELS[inp.modality]], val.ooi, budget.calib_slices)
+        cal = calibrate(inp, val.images[:, PET_CT_CHANNELS[inp.modality]], val.ooi, budget.calib_slices)
         levels[name] = cal["screen_level"]
         model_info[name]["screen_calibration"] = {k: cal[k] for k in ("screen_level", "n_slices", "seconds")}
-    timings["calibration"] = time.perf_counter() - t
+    return inpainters, levels
+
+
+def _segmentation_tables(plan: CohortPlan, data: _CohortData, inpainters: dict[str, Any],
+                         levels: dict[str, float | None], uads: dict[str, Any], results: dict[str, Any],
+                         timings: dict[str, float], device: str) -> list[Any]:
+    """Tables 3-4, 6-7: validation patients choose each method's global threshold, test patients are
+    scored at it. Returns the loaded test cases."""
+    from bench.quality_seg import apply_global_threshold, choose_global_threshold
+
     t = time.perf_counter()
     # healthy validation patients carry no threshold information: segment only those with a tumour
-    tumour_ids = {c["case_id"] for c in manifest.get("cases", []) if c.get("has_tumour")}
-    val_ids = [c for c in ids["val"] if c in tumour_ids]
+    tumour_ids = {c["case_id"] for c in data.manifest.get("cases", []) if c.get("has_tumour")}
+    val_ids = [c for c in data.ids["val"] if c in tumour_ids]
     val_ids = val_ids[: plan.max_val_cases] if plan.max_val_cases else val_ids
-    test_ids = ids["test"][: plan.max_test_cases] if plan.max_test_cases else ids["test"]
+    test_ids = data.ids["test"][: plan.max_test_cases] if plan.max_test_cases else data.ids["test"]
     val_rec: dict[str, list[dict[str, Any]]] = {}
     test_rec: dict[str, list[dict[str, Any]]] = {}
-    _segment_cases(plan, _load_cases(cohort_dir, val_ids), "val", pp, inpainters, levels, uads, val_rec, device)
+    _segment_cases(plan, _load_cases(data.cohort_dir, val_ids), "val", data.pp, inpainters, levels, uads, val_rec,
+                   device)
     timings["segment_val"] = time.perf_counter() - t
     t = time.perf_counter()
-    test_cases = _load_cases(cohort_dir, test_ids)
-    _segment_cases(plan, test_cases, "test", pp, inpainters, levels, uads, test_rec, device)
+    test_cases = _load_cases(data.cohort_dir, test_ids)
+    _segment_cases(plan, test_cases, "test", data.pp, inpainters, levels, uads, test_rec, device)
     timings["segment_test"] = time.perf_counter() - t
     seg: dict[str, Any] = {}
     for name, recs in test_rec.items():
         thr = choose_global_threshold(val_rec.get(name, []))
         apply_global_threshold(recs, thr)
-        tumour = [r for r in recs if not r["healthy"]]
         seg[name] = {
-            "cases": tumour, "global_threshold": thr,
+            "cases": [r for r in recs if not r["healthy"]], "global_threshold": thr,
             "healthy": [{"case_id": r["case_id"], "fp_ml": r.get("fp_ml")} for r in recs if r["healthy"]
                         and r.get("fp_ml") is not None],
             "val_tumour_cases": sum(1 for r in val_rec.get(name, []) if not r["healthy"]),
@@ -221,21 +263,26 @@ def run_cohort(plan: CohortPlan, budget: Budget, work: Path, results: dict[str, 
             "forward_passes": int(sum(r.get("forward_passes", 0) for r in recs)),
         }
     results["segmentation"][plan.name] = seg
+    return test_cases
 
-    # -- exact vs fast autoinpainting on the tumour slices of a few test patients
-    t = time.perf_counter()
+
+def _exact_vs_fast_rows(plan: CohortPlan, budget: Budget, data: _CohortData, inpainters: dict[str, Any],
+                        test_cases: list[Any], results: dict[str, Any]) -> None:
+    """Exact vs fast autoinpainting on the tumour slices of a few test patients."""
+    from bench.quality_seg import case_grid, exact_vs_fast
+
     ref = method_name("gconv_lap", "petct")
-    if plan.exact and budget.exact_cases and ref in inpainters:
-        rows: list[dict[str, Any]] = []
-        for case in test_cases:
-            if len(rows) >= budget.exact_cases:
-                break
-            grid = case_grid(case, pp, plan.preset)
-            if grid.healthy:
-                continue
-            rows.append({"case_id": case.case_id, **exact_vs_fast(grid, inpainters[ref], budget.exact_slices)})
-        results["exact_vs_fast"][plan.name] = rows
-    timings["exact_vs_fast"] = time.perf_counter() - t
+    if not (plan.exact and budget.exact_cases and ref in inpainters):
+        return
+    rows: list[dict[str, Any]] = []
+    for case in test_cases:
+        if len(rows) >= budget.exact_cases:
+            break
+        grid = case_grid(case, data.pp, plan.preset)
+        if grid.healthy:
+            continue
+        rows.append({"case_id": case.case_id, **exact_vs_fast(grid, inpainters[ref], budget.exact_slices)})
+    results["exact_vs_fast"][plan.name] = rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ CT values in HU, activity in SUV (FDG, before PSF blur).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from autopaint.data.phantom_common import (
@@ -145,7 +147,35 @@ def _mediastinum(cv: Canvas, rng: np.random.Generator, s: float, H: float, yv: f
 
 
 def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> dict[str, object]:
-    """Paint a healthy thorax on ``cv``; returns anatomy parameters used later (tumour placement)."""
+    """Paint a healthy thorax on ``cv``; returns anatomy parameters used later (tumour placement).
+
+    The parts are painted in a fixed order and draw from ``rng`` in that order (same seed -> same
+    patient): body wall, lungs, mediastinum, great vessels and airways, upper abdomen, heart, skeleton."""
+    wall = _body_wall(cv, rng, H, s)
+    lungs = _lungs(cv, rng, s, H, wall.cav)
+    y_st = float(wall.cav.at(0.6 * H)[4]) + 4 * s
+    _mediastinum(cv, rng, s, H, wall.yv, y_st)
+    blood, hila = _vessels_and_airways(cv, rng, H, s, wall.yv)
+    dome = _upper_abdomen(cv, rng, H, s, wall.fat_field)
+    myo_suv = _heart(cv, rng, s, dome, blood)
+    _skeleton(cv, rng, H, s, wall, y_st)
+    return {"lungs": lungs, "hila": hila, "yv": wall.yv, "myo_suv": myo_suv, "breast": wall.breast, "dome_z": dome}
+
+
+@dataclass(frozen=True)
+class _Wall:
+    """What the body wall leaves for the later parts: the thoracic cavity, the spine's y, fat texture."""
+
+    cav: Extrusion
+    yv: float
+    fat_field: Field
+    t_fat: float
+    b_post: Arr
+    breast: bool
+
+
+def _body_wall(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> _Wall:
+    """Body outline (fat), muscle layer, mediastinal fat cavity, breasts, paraspinal muscles, disc."""
     hb = rng.uniform(0.92, 1.08, size=3)
     zf = np.array([-5.0, 0.3 * H, 0.6 * H, 0.85 * H, H + 5])
     a = 158 * s * hb[0] * np.array([1.02, 1.0, 0.98, 0.95, 0.92])
@@ -174,11 +204,13 @@ def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> di
         cv.paint(cyl(-5, H + 5, side * 30 * s, yv - 34 * s, 27 * s, 30 * s), T.MUSCLE, textured(45.0, 6.0, fat_field),
                  muscle_suv, (T.MEDFAT, T.MUSCLE))
     cv.paint(cyl(-5, H + 5, 0, yv, 21 * s, 18 * s), T.DISC, 80.0, 0.6)
-    lungs = _lungs(cv, rng, s, H, cav)
-    y_st = float(cav.at(0.6 * H)[4]) + 4 * s
-    _mediastinum(cv, rng, s, H, yv, y_st)
+    return _Wall(cav, yv, fat_field, t_fat, b_post, bool(breast))
 
-    # mediastinum: great vessels, airways, oesophagus
+
+def _vessels_and_airways(cv: Canvas, rng: np.random.Generator, H: float, s: float, yv: float
+                         ) -> tuple[float, dict[int, Arr]]:
+    """Trachea, oesophagus, bronchial and vascular trees from the hila, aorta, great veins,
+    pulmonary arteries; returns (blood-pool SUV, hilum centre per side)."""
     blood = float(rng.uniform(1.5, 2.0))
     zc = 0.62 * H + rng.uniform(-8, 8)
     trachea = np.array([[0, yv + 45 * s, H + 5], [0, yv + 42 * s, zc]])
@@ -213,8 +245,11 @@ def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> di
     for side in (-1, 1):
         paint_tube(cv, np.array([pa[1], hila[side] + [0, -6 * s, 0]]), np.array([10, 8]) * s, T.BLOOD, 40.0,
                    blood, (T.MEDFAT, T.LUNG, T.VESSEL, T.SOFT))
+    return blood, hila
 
-    # upper abdomen: liver dome (right), spleen and stomach (left)
+
+def _upper_abdomen(cv: Canvas, rng: np.random.Generator, H: float, s: float, fat_field: Field) -> float:
+    """Liver dome (right), spleen and stomach (left); returns the dome's z."""
     below = (T.LUNG, T.MEDFAT, T.VESSEL, T.SOFT, T.AIRWAY, T.BLOOD)
     dome = float(rng.uniform(0.18, 0.3) * H)
     cv.paint(Ellipsoid(np.array([40 * s, 5 * s, dome - 110]), np.array([120 * s, 100 * s, 110])), T.LIVER,
@@ -225,8 +260,11 @@ def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> di
     stomach = Ellipsoid(np.array([-45 * s, 25 * s, ld - 55]), np.array([55 * s, 45 * s, 55]))
     cv.paint(stomach, T.SOFT, 35.0, float(rng.uniform(1.2, 2.0)), below)
     cv.paint(Ellipsoid(stomach.c + [0, 10 * s, 30], np.array([35, 25, 22]) * s), T.AIRWAY, -1000.0, 0.0, (T.SOFT,))
+    return dome
 
-    # heart: pericardial fat, chambers (blood pool), left-ventricular myocardium
+
+def _heart(cv: Canvas, rng: np.random.Generator, s: float, dome: float, blood: float) -> float:
+    """Pericardial fat, chambers (blood pool) and left-ventricular myocardium; returns its SUV."""
     hc = np.array([-18 * s, 28 * s, dome + 45 + rng.uniform(-5, 10)])
     th = rng.uniform(0.5, 0.8)
     rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
@@ -242,10 +280,13 @@ def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> di
     myo_field = Field.random(rng, (40, 90), 4)
     cv.paint(Ellipsoid(lv_c, lv_r, rot), T.MYO, 42.0, textured(myo_suv, 0.25 * myo_suv, myo_field), (T.HEART,))
     cv.paint(Ellipsoid(lv_c, lv_r - 10 * s, rot), T.HEART, 40.0, blood, (T.MYO,))
+    return myo_suv
 
-    # skeleton and chest wall
-    _spine(cv, rng, yv, s, H)
-    _ribs(cv, cav, yv, s, H, rng)
+
+def _skeleton(cv: Canvas, rng: np.random.Generator, H: float, s: float, wall: _Wall, y_st: float) -> None:
+    """Spine, ribs, sternum and scapulae."""
+    _spine(cv, rng, wall.yv, s, H)
+    _ribs(cv, wall.cav, wall.yv, s, H, rng)
     sw, sd = np.array([13, 13, 24]) * s, np.array([7, 7, 9]) * s
     stern = Extrusion(np.array([0.33 * H, 0.82 * H, 0.9 * H]), 0.0, np.array([y_st, y_st, y_st - 3 * s]),
                       sw, sw, sd, sd)
@@ -253,11 +294,10 @@ def paint_thorax(cv: Canvas, rng: np.random.Generator, H: float, s: float) -> di
     stern.shrink = 2.0
     cv.paint(stern, T.MARROW, 180.0, 1.0, (T.CORTEX,))
     for side in (-1, 1):  # scapulae: thin oblique plates posterolateral to the rib cage
-        c = np.array([side * 95 * s, -b_post.mean() + t_fat + 30 * s, 0.8 * H])
+        c = np.array([side * 95 * s, -wall.b_post.mean() + wall.t_fat + 30 * s, 0.8 * H])
         ang = side * 0.55
         rot_s = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
         cv.paint(Ellipsoid(c, np.array([55, 5, 0.22 * H]) * [s, s, 1], rot_s), T.CORTEX, 650.0, 0.8, (T.MUSCLE,))
-    return {"lungs": lungs, "hila": hila, "yv": yv, "myo_suv": myo_suv, "breast": breast, "dome_z": dome}
 
 
 def benign_spots(cv: Canvas, rng: np.random.Generator, hila: dict[int, Arr], n: int) -> int:

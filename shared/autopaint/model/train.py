@@ -152,14 +152,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_epoch: Callable[[dict], No
     size = train_set.images.shape[-1]
     mcfg = preset_config(cfg.preset, cfg.arch, CHANNELS[cfg.modality], size=size, **cfg.model_overrides)
     weights = LossWeights.from_dict(cfg.loss_weights) if cfg.loss_weights else LossWeights.for_arch(cfg.arch)
-    vgg = build_vgg(cfg.perceptual, cfg.vgg_weights, seed=cfg.seed)
     perceptual = "imagenet" if cfg.vgg_weights else cfg.perceptual
-    net = build_network(mcfg)
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    net.to(device)
-    net.to(memory_format=fmt)  # type: ignore[call-overload]
-    loss_fn = InpaintingLoss(weights, vgg.to(device) if vgg is not None else None)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    net, loss_fn, opt, fmt = _build(cfg, mcfg, weights, device)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,23 +179,16 @@ def train(cfg: TrainConfig, progress: bool = True, on_epoch: Callable[[dict], No
             phase = 1 if epoch < cfg.phase2_start() else 2
             set_phase(net, opt, phase, cfg)
             perm = np.random.default_rng([cfg.seed, epoch]).permutation(n_train)
-            t_ep, n_ep = time.time(), 0
-            terms: dict[str, float] = {}
-            for b in range(int(state["batch"]), steps_per_epoch):
-                if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                    stop_reason = "max_steps"
-                    break
-                if deadline is not None and time.time() >= deadline:
-                    stop_reason = "time_budget"
-                    break
-                idx = np.sort(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            t_ep = time.time()
+
+            def step(b: int, idx: np.ndarray, epoch: int = epoch, phase: int = phase) -> dict[str, float]:
                 x = torch.from_numpy(train_set.images[idx]).to(device, memory_format=fmt)
                 m = torch.from_numpy(_batch_masks(cfg, size, epoch, b, len(idx))).to(device, memory_format=fmt)
                 terms = train_step(net, loss_fn, opt, x, m, device)
-                state["step"] += 1
-                state["batch"] = b + 1
-                n_ep += len(idx)
                 bar.update(f"ep {epoch + 1}/{cfg.epochs} p{phase} " + " ".join(f"{k}={v:.4g}" for k, v in terms.items()))
+                return terms
+
+            terms, n_ep, stop_reason = _epoch_steps(cfg, state, perm, steps_per_epoch, deadline, step)
             finished_epoch = state["batch"] >= steps_per_epoch
             if n_ep == 0 and not finished_epoch:
                 break
@@ -225,6 +212,39 @@ def train(cfg: TrainConfig, progress: bool = True, on_epoch: Callable[[dict], No
     log.info("training stopped (%s) after %d steps; best val psnr %.3f", stop_reason, state["step"],
              state["best"]["val"]["psnr"] if state["best"] else float("nan"))
     return summary
+
+
+def _build(cfg: TrainConfig, mcfg: ModelConfig, weights: LossWeights, device: torch.device
+           ) -> tuple[nn.Module, InpaintingLoss, torch.optim.Optimizer, torch.memory_format]:
+    """The network on ``device`` (channels-last on CUDA), its loss (with the perceptual VGG when
+    configured) and the Adam optimiser."""
+    vgg = build_vgg(cfg.perceptual, cfg.vgg_weights, seed=cfg.seed)
+    net = build_network(mcfg)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    net.to(device)
+    net.to(memory_format=fmt)  # type: ignore[call-overload]
+    loss_fn = InpaintingLoss(weights, vgg.to(device) if vgg is not None else None)
+    return net, loss_fn, torch.optim.Adam(net.parameters(), lr=cfg.lr), fmt
+
+
+def _epoch_steps(cfg: TrainConfig, state: dict[str, Any], perm: np.ndarray, steps_per_epoch: int,
+                 deadline: float | None, step: Callable[[int, np.ndarray], dict[str, float]]
+                 ) -> tuple[dict[str, float], int, str]:
+    """The remaining batches of one epoch (from ``state["batch"]``; resumable mid-epoch), stopping
+    early at ``cfg.max_steps`` or the time budget. Returns (last loss terms, images seen, stop reason)."""
+    terms: dict[str, float] = {}
+    n_ep = 0
+    for b in range(int(state["batch"]), steps_per_epoch):
+        if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+            return terms, n_ep, "max_steps"
+        if deadline is not None and time.time() >= deadline:
+            return terms, n_ep, "time_budget"
+        idx = np.sort(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+        terms = step(b, idx)
+        state["step"] += 1
+        state["batch"] = b + 1
+        n_ep += len(idx)
+    return terms, n_ep, "epochs"
 
 
 def _summary(base: dict[str, Any], state: dict[str, Any], stop_reason: str) -> dict[str, Any]:
