@@ -251,6 +251,9 @@ def test_cli_report_and_exit_codes(tmp_path: Path, bad_files: dict[str, Path]) -
     mask.write_bytes(nifti_bytes((ct_array((20, 20, 10)) > 0).astype(np.uint8)))
     proc = subprocess.run([sys.executable, "-m", "autopaint.cli", "validate", "--ct", str(ct), "--pet",
                            str(pet), "--mask", str(mask)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "[missing_suv_info]" in proc.stderr  # a NIfTI PET must state its units
+    proc = subprocess.run([sys.executable, "-m", "autopaint.cli", "validate", "--ct", str(ct), "--pet",
+                           str(pet), "--mask", str(mask), "--suv-already"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and [f["role"] for f in report["files"]] == ["ct", "pet", "mask"]

@@ -22,33 +22,51 @@ def register(app: typer.Typer) -> None:
     app.command("calibrate-threshold")(calibrate_threshold_cmd)
 
 
-def _suv_inputs(pet: Path | None, suv_already: bool, weight_kg: float | None, dose: float | None,
-                delay_s: float | None, half_life_s: float | None) -> Any:
-    """The caller's statement of the PET units (``--suv-already`` or the Bq/mL options), as
-    :class:`autopaint.contracts.SuvInputs`."""
+# The input and PET-units options, shared by ``segment``, ``validate`` and the service's ``submit``.
+CT_OPTION = typer.Option(None, "--ct", help="CT: a NIfTI file (HU) or a DICOM series folder.")
+PET_OPTION = typer.Option(None, "--pet", help="PET: a DICOM series folder (units from its headers) or a NIfTI "
+                          "file with its units stated (--suv-already, or the Bq/mL options).")
+CT_SERIES_OPTION = typer.Option(None, "--ct-series-uid", help="Which series of a CT folder holding several.")
+PET_SERIES_OPTION = typer.Option(None, "--pet-series-uid", help="Which series of a PET folder holding several.")
+SUV_ALREADY_OPTION = typer.Option(False, "--suv-already", help="The PET NIfTI voxels are SUV (body weight).")
+WEIGHT_OPTION = typer.Option(None, "--weight-kg", help="Bq/mL PET: patient weight (kg).")
+DOSE_OPTION = typer.Option(None, "--injected-dose-bq", help="Bq/mL PET: injected dose (Bq).")
+DELAY_OPTION = typer.Option(None, "--delay-s", help="Bq/mL PET: injection to scan start (s).")
+HALF_LIFE_OPTION = typer.Option(None, "--half-life-s", help="Bq/mL PET: tracer half-life (s; default F-18).")
+IMPLAUSIBLE_OPTION = typer.Option(False, "--allow-implausible-units",
+                                  help="Run even when the PET values cannot be SUV (checked by default).")
+
+
+def suv_inputs(pet: Path | None, suv_already: bool, weight_kg: float | None, dose: float | None,
+               delay_s: float | None, half_life_s: float | None, check_units: bool = True) -> Any:
+    """The caller's statement of the PET units (``--suv-already`` or the Bq/mL options) as
+    :class:`autopaint.contracts.SuvInputs`, checked by its one rule (a DICOM PET folder needs none)."""
     from pydantic import ValidationError
 
     from autopaint.contracts import SuvInputs
 
-    if suv_already and any(v is not None for v in (weight_kg, dose, delay_s)):
-        raise InvalidInput("give either --suv-already or the SUV tags, not both", code="bad_arguments")
+    bqml = any(v is not None for v in (weight_kg, dose, delay_s))
+    if suv_already and bqml:
+        raise InvalidInput("give either --suv-already or the Bq/mL options, not both", code="bad_arguments")
     try:
-        suv = SuvInputs(suv_already=suv_already or pet is None, weight_kg=weight_kg, injected_dose_bq=dose,
-                        delay_s=delay_s, half_life_s=half_life_s)
+        suv = SuvInputs(suv_already=True if suv_already else (False if bqml else None), weight_kg=weight_kg,
+                        injected_dose_bq=dose, delay_s=delay_s, half_life_s=half_life_s, check_units=check_units)
     except ValidationError as exc:
         raise InvalidInput(f"bad SUV option: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}",
                            code="missing_suv_info") from exc
-    return suv.require_complete()
+    return suv.require_complete(pet_is_dicom=pet is None or pet.is_dir())
 
 
 def segment(
-    ct: Path = typer.Option(None, "--ct", help="CT NIfTI (HU)."),
-    pet: Path = typer.Option(None, "--pet", help="PET NIfTI (SUV, or Bq/ml with the SUV options)."),
-    suv_already: bool = typer.Option(False, "--suv-already", help="The PET voxels are SUV already."),
-    weight_kg: float = typer.Option(None, "--weight-kg"),
-    injected_dose_bq: float = typer.Option(None, "--injected-dose-bq"),
-    delay_s: float = typer.Option(None, "--delay-s", help="Injection to scan start (s)."),
-    half_life_s: float = typer.Option(None, "--half-life-s", help="Default: F-18."),
+    ct: Path = CT_OPTION,
+    pet: Path = PET_OPTION,
+    ct_series_uid: str = CT_SERIES_OPTION,
+    pet_series_uid: str = PET_SERIES_OPTION,
+    suv_already: bool = SUV_ALREADY_OPTION,
+    weight_kg: float = WEIGHT_OPTION,
+    injected_dose_bq: float = DOSE_OPTION,
+    delay_s: float = DELAY_OPTION,
+    half_life_s: float = HALF_LIFE_OPTION,
     organ_mask: Path = typer.Option(None, "--organ-mask", help="Organ-of-interest mask (else automatic)."),
     label: Path = typer.Option(None, "--label", help="Ground truth: adds the threshold sweep and metrics."),
     preset: str = typer.Option(None, "--preset",
@@ -60,6 +78,10 @@ def segment(
     threshold: float = typer.Option(None, "--threshold", help="Residual threshold (default: model card)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     out: Path = typer.Option(..., "--out", help="Output directory."),
+    dicom_out: bool = typer.Option(None, "--dicom-out/--no-dicom-out",
+                                   help="Also write the mask as DICOM SEG + RTSTRUCT on the CT series "
+                                   "(default: when the CT is a DICOM series; needs one)."),
+    allow_implausible_units: bool = IMPLAUSIBLE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Segment tumours in a CT, PET or PET/CT by autoinpainting (paper §2.5)."""
@@ -77,10 +99,17 @@ def segment(
         raise InvalidInput(f"--preset must be thorax, headneck or custom, got {preset!r}", code="bad_arguments")
     check_roles(None, [r for r, v in (("ct", ct), ("pet", pet)) if v is not None])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    suv = _suv_inputs(pet, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s)
-    inputs = load_inputs(ct, pet, organ_mask, label, suv=suv.suv_tags(), suv_already=suv.suv_already)
+    suv = suv_inputs(pet, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s,
+                     check_units=not allow_implausible_units)
+    if dicom_out and (ct is None or not ct.is_dir()):
+        raise InvalidInput("--dicom-out needs the CT as a DICOM series folder (a NIfTI input gives NIfTI "
+                           "results only)", code="bad_arguments")
+    uids = {r: u for r, u in (("ct", ct_series_uid), ("pet", pet_series_uid)) if u}
+    inputs = load_inputs(ct, pet, organ_mask, label, suv=suv.suv_tags(), suv_already=suv.suv_already,
+                         series_uids=uids, check_units=suv.check_units)
     inpainter = Inpainter.load(model, device=device)
-    params = PipelineParams(preset=preset, mode=mode, threshold=threshold, profile=profile)  # type: ignore[arg-type]
+    params = PipelineParams(preset=preset, mode=mode, threshold=threshold, profile=profile,  # type: ignore[arg-type]
+                            dicom_out=dicom_out)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet, transient=False) as bar:
         tasks: dict[str, Any] = {}
@@ -95,6 +124,11 @@ def segment(
     print(f"{out}: {len(result.lesions)} lesion(s), threshold {result.threshold:.3f} "
           f"({rep['threshold']['source']}), {rep['forward_passes']['total']} images inpainted, "
           f"{rep['flops'] / 1e12:.2f} TFLOP, mode {mode}")
+    units = rep["inputs"].get("pet_units")
+    if units:
+        print(f"PET units: {units['source']} (SUV = value x {units['factor']:.6g})")
+    if "mask.seg.dcm" in rep.get("outputs", {}):
+        print(f"DICOM: {out / 'mask.seg.dcm'} (SEG) and {out / 'mask.rtstruct.dcm'} (RTSTRUCT) on the CT series")
     if rep.get("metrics"):
         at, best = rep["metrics"]["at_threshold"], rep["metrics"]["sweep"]["best"]
         lw = rep["metrics"]["lesionwise"]

@@ -294,6 +294,29 @@ def pet_to_suv(pet: Volume, tags: Mapping[str, object] | None = None,
     return apply_calibration(pet, cal)
 
 
+def pet_in_suv(pet: Volume, dicom_tags: Mapping[str, Any] | None = None,
+               stated: Mapping[str, Any] | None = None, suv_already: bool | None = None,
+               check_units: bool = True) -> Volume:
+    """The one units rule for every path (CLI, API, worker, validate).
+
+    A DICOM PET (``dicom_tags`` of :func:`autopaint.imaging.io.read_dicom_series`): its headers give
+    the units (a caller's ``suv_already=True`` that contradicts them is refused). A NIfTI PET: its units
+    must be stated — ``suv_already=True``, or ``stated`` Bq/mL tags (``weight_kg``,
+    ``injected_dose_bq``, ``delay_s``...) — else ``InvalidInput(code="missing_suv_info")``. Then,
+    unless ``check_units`` is False, values that cannot be SUV are refused (``pet_units_implausible``).
+    """
+    if dicom_tags is not None:
+        out = pet_to_suv(pet, tags=dicom_tags, already_suv=bool(suv_already))
+    elif suv_already is None and not stated:
+        raise InvalidInput("the PET NIfTI does not say its units: state them (SUV already, or Bq/mL with "
+                           "weight, injected dose and delay)", code="missing_suv_info")
+    else:
+        out = pet_to_suv(pet, tags=stated, already_suv=bool(suv_already))
+    if check_units:
+        check_suv_plausible(out)
+    return out
+
+
 # -------------------------------------------------------------------------------------- plausibility
 
 

@@ -60,19 +60,30 @@ def _peak_in_box(suv: np.ndarray, les_box: np.ndarray, box: tuple[slice, ...], k
     return float(means[inner][les_box].max())
 
 
+def lesion_labels(mask: np.ndarray) -> np.ndarray:
+    """The lesions of a mask as int32 labels numbered like the lesion table: 26-connected components,
+    1 = the largest (ties: cc3d's raster order), 0 = background."""
+    labels = cc3d.connected_components((np.asarray(mask) > 0).astype(np.uint8), connectivity=26)
+    n = int(labels.max())
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    order = sorted(range(1, n + 1), key=lambda i: (-counts[i], i))
+    lut = np.zeros(n + 1, dtype=np.int32)
+    lut[order] = np.arange(1, n + 1, dtype=np.int32)
+    return lut[labels]
+
+
 def lesion_table(mask: Volume, suv: Volume | None) -> list[dict[str, Any]]:
-    """One dict per 26-connected component of ``mask`` (data (I, J, K), nonzero = lesion), largest
-    first (ties: cc3d's raster order). ``suv``: SUV volume on the same grid, or None (CT only:
-    SUV fields are None). Keys: :data:`CSV_FIELDS`."""
-    m = np.asarray(mask.data) > 0
+    """One dict per lesion of ``mask`` (data (I, J, K), nonzero = lesion; numbered by
+    :func:`lesion_labels`). ``suv``: SUV volume on the same grid, or None (CT only: SUV fields are
+    None). Keys: :data:`CSV_FIELDS`."""
     if suv is not None and suv.shape != mask.shape:
         raise ValueError(f"SUV volume {suv.shape} is not on the mask grid {mask.shape}")
-    labels = cc3d.connected_components(m.astype(np.uint8), connectivity=26)
+    labels = lesion_labels(mask.data)
     n = int(labels.max())
     if n == 0:
         return []
     counts = np.bincount(labels.ravel(), minlength=n + 1)
-    order = sorted(range(1, n + 1), key=lambda i: (-counts[i], i))
+    order = list(range(1, n + 1))
     kernel = sphere_kernel(mask.affine) if suv is not None else None
     boxes = ndimage.find_objects(labels)  # per-lesion bounding boxes: each lesion costs its box only
     suv_data = np.asarray(suv.data) if suv is not None else None

@@ -7,8 +7,10 @@ inputs (Volumes + sha256) -> prepare (PET on the CT grid, SUV, windows, model-gr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,13 +44,15 @@ REPORT_VERSION = 1
 @dataclass(frozen=True)
 class PipelineInputs:
     """CT (HU) and/or PET (SUV, any grid), optional organ mask and label (any grid; nearest-neighbour
-    resampled onto the reference), and the sha256 of each input file by role."""
+    resampled onto the reference), the sha256 of each input by role and, for DICOM inputs, the series."""
 
     ct: Volume | None = None
     pet: Volume | None = None
     organ_mask: Volume | None = None
     label: Volume | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+    dicom: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Role -> the DICOM series it was read from (``files`` in slice order, UIDs); NIfTI inputs: absent."""
 
     @classmethod
     def from_case(cls, case: Case) -> PipelineInputs:
@@ -77,6 +81,8 @@ class PipelineParams:
     hotspot: HotspotGate | None = None
     write_preview: bool = True
     sources: tuple[str, ...] | None = None
+    dicom_out: bool | None = None
+    """DICOM SEG + RTSTRUCT of the mask on the CT series: None = when the CT was a DICOM series."""
 
     def accuracy(self, inpainter: InpainterLike) -> Accuracy:
         """The resolved accuracy configuration for a model. Exact mode always runs the paper's
@@ -111,43 +117,78 @@ class PipelineResult:
 
 def load_inputs(ct_path: str | Path | None = None, pet_path: str | Path | None = None,
                 organ_mask_path: str | Path | None = None, label_path: str | Path | None = None,
-                suv: dict[str, Any] | None = None, suv_already: bool = False,
-                known_sha256: dict[str, str] | None = None) -> PipelineInputs:
-    """Validate (header first, :func:`imaging.validate.validate_nifti`), read and hash the inputs.
+                suv: Mapping[str, Any] | None = None, suv_already: bool | None = None,
+                known_sha256: Mapping[str, str] | None = None, series_uids: Mapping[str, str] | None = None,
+                check_units: bool = True) -> PipelineInputs:
+    """Validate, read and hash the inputs; the PET in SUV by one rule for every path.
 
-    PET: ``suv_already=True`` when the voxels are SUV; otherwise ``suv`` must hold ``weight_kg``,
-    ``injected_dose_bq``, ``delay_s`` (``half_life_s`` optional) for the Bq/ml -> SUVbw conversion
-    (``InvalidInput(code="missing_suv_info")`` when missing). ``known_sha256``: roles whose files
-    were validated and hashed already (the service's stored inputs): read as they are.
+    CT and PET: a NIfTI file or a DICOM series folder (:func:`imaging.io.read_dicom_series`, checked
+    geometry; ``series_uids[role]`` picks one series of several); masks and labels: NIfTI. NIfTI files
+    are validated header first (:func:`imaging.validate.validate_nifti`). ``known_sha256``: roles read
+    and hashed already (the service's stored inputs).
+
+    PET units: the one rule of :func:`imaging.suv.pet_in_suv` (DICOM headers, or the caller's
+    statement for a NIfTI: ``suv_already`` / the Bq/mL ``suv`` tags; then the plausibility guard unless
+    ``check_units`` is False). The calibration (factor, inputs, source) is in
+    ``pet.meta["suv_calibration"]``.
     """
-    from autopaint.imaging.io import read_volume
-    from autopaint.imaging.suv import pet_to_suv
-    from autopaint.imaging.validate import validate_nifti
+    from autopaint.imaging.suv import pet_in_suv
 
     check_roles(None, [r for r, p in (("ct", ct_path), ("pet", pet_path)) if p is not None])
-    known = dict(known_sha256 or {})
+    known, uids = dict(known_sha256 or {}), dict(series_uids or {})
     vols: dict[str, Volume | None] = {}
     hashes: dict[str, str] = {}
+    dicom: dict[str, dict[str, Any]] = {}
     roles: tuple[tuple[str, str | Path | None, Role], ...] = (
         ("ct", ct_path, "ct"), ("pet", pet_path, "pet"), ("organ_mask", organ_mask_path, "mask"),
         ("label", label_path, "mask"))
     for role, path, vrole in roles:
         if path is None:
             vols[role] = None
-            continue
-        if not Path(path).is_file():
-            raise InvalidInput(f"{role} file not found", code="file_not_found")
-        if role in known:
-            hashes[role] = known[role]
+        elif Path(path).is_dir() and role in ("ct", "pet"):
+            vols[role], dicom[role] = _read_series(role, Path(path), uids.get(role))
+            hashes[role] = known.get(role) or _series_sha256(dicom[role]["files"])
         else:
-            validate_nifti(path, role=vrole)
-            hashes[role] = sha256_file(path)
-        vols[role] = read_volume(path)
+            vols[role], hashes[role] = _read_nifti(role, Path(path), vrole, known.get(role))
     pet = vols["pet"]
     if pet is not None:
-        pet = pet_to_suv(pet, tags=suv, already_suv=suv_already)
+        pet = pet_in_suv(pet, dicom.get("pet"), suv, suv_already, check_units)
     return PipelineInputs(ct=vols["ct"], pet=pet, organ_mask=vols["organ_mask"], label=vols["label"],
-                          sha256=hashes)
+                          sha256=hashes, dicom={r: _series_record(t) for r, t in dicom.items()})
+
+
+def _read_nifti(role: str, path: Path, vrole: Role, known: str | None) -> tuple[Volume, str]:
+    from autopaint.imaging.io import read_volume
+    from autopaint.imaging.validate import validate_nifti
+
+    if not path.is_file():
+        raise InvalidInput(f"{role} file not found" + (" (a DICOM folder is read for CT and PET only)"
+                                                       if path.is_dir() else ""), code="file_not_found")
+    if known is None:
+        validate_nifti(path, role=vrole)
+    return read_volume(path), known or sha256_file(path)
+
+
+def _read_series(role: str, path: Path, series_uid: str | None) -> tuple[Volume, dict[str, Any]]:
+    from autopaint.imaging.io import read_dicom_series
+
+    vol, tags = read_dicom_series(path, series_uid)
+    modality = str(tags.get("modality") or "").upper()
+    expected = {"ct": {"CT"}, "pet": {"PT"}}[role]
+    if modality and modality not in expected:
+        raise InvalidInput(f"the {role.upper()} folder holds a {modality} series", code="modality_mismatch")
+    return vol, tags
+
+
+def _series_sha256(files: list[str]) -> str:
+    """sha256 over the series' files in slice order (the sha256 of each file, concatenated)."""
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+
+
+def _series_record(tags: Mapping[str, Any]) -> dict[str, Any]:
+    """What the results need of a DICOM input: its files (the SEG/RTSTRUCT reference them) and UIDs."""
+    return {k: tags.get(k) for k in ("files", "series_instance_uid", "study_instance_uid",
+                                     "frame_of_reference_uid", "modality", "series_description")}
 
 
 def _check(should_cancel: CancelFn | None) -> None:
@@ -254,7 +295,11 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "inputs": {"sha256": dict(inputs.sha256), "reference_shape": list(ref.shape),
-                   "reference_affine": ref.affine.tolist()},
+                   "reference_affine": ref.affine.tolist(),
+                   "format": {r: ("dicom" if r in inputs.dicom else "nifti") for r in inputs.sha256},
+                   "dicom_series": {r: {k: v for k, v in d.items() if k != "files"} | {"n_files": len(d["files"])}
+                                    for r, d in inputs.dicom.items()},
+                   "pet_units": inputs.pet.meta.get("suv_calibration") if inputs.pet is not None else None},
         "model": {"sha256": inpainter.sha256, "modality": inpainter.modality, "size": inpainter.size,
                   "name": (inpainter.card or {}).get("name"), "flops_per_image": int(inpainter.flops_per_image)},
         "params": {**params.to_dict(), "preset": preset}, "preprocessing": pp.to_dict(),
@@ -269,8 +314,9 @@ def run_pipeline(inputs: PipelineInputs, params: PipelineParams, inpainter: Inpa
         "ooi": {"slices": int(ooi_model.any(axis=(1, 2)).sum()), "voxels": int(ooi.sum())},
         "slices": eng.slices, "lesions": lesions, "metrics": metrics,
     }
+    dicom_ct = inputs.dicom.get("ct") if case.reference is inputs.ct and params.dicom_out is not False else None
     files, report = write_results(out, case, eng, residual, mask, lesions, report, timings,
-                                  params.write_preview)
+                                  params.write_preview, dicom_source=dicom_ct["files"] if dicom_ct else None)
     log.info("segmented: %d lesions, %d forward passes, threshold %.3f", len(lesions),
              eng.counters.total, threshold)
     return PipelineResult(out_dir=out, files=files, report=report, threshold=threshold,

@@ -17,7 +17,7 @@ import numpy as np
 
 from autopaint.fsutil import atomic_write_bytes, sha256_file
 from autopaint.segment.engine import AutoinpaintResult
-from autopaint.segment.outputs import to_json_bytes, write_lesions, write_volume_atomic
+from autopaint.segment.outputs import to_json_bytes, write_dicom_results, write_lesions, write_volume_atomic
 from autopaint.segment.preview import render_preview
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ def inpainted_volumes(case: Any, eng: AutoinpaintResult) -> dict[str, np.ndarray
 
 def write_results(out: Path, case: Any, eng: AutoinpaintResult, residual: np.ndarray, mask: np.ndarray,
                   lesions: list[dict[str, Any]], report: dict[str, Any], timings: dict[str, float],
-                  preview: bool) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Write mask, residual, inpainted volumes, lesions, preview and report (with timings and the
-    outputs' sha256); returns (name -> path, final report)."""
+                  preview: bool, dicom_source: list[str] | None = None) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write mask, residual, inpainted volumes, lesions, preview, the DICOM SEG and RTSTRUCT of the
+    mask when ``dicom_source`` (the CT series' files, in slice order) is given, and the report (with
+    timings and the outputs' sha256); returns (name -> path, final report)."""
     t0 = time.perf_counter()
     ref = case.reference
     out.mkdir(parents=True, exist_ok=True)
@@ -62,13 +63,13 @@ def write_results(out: Path, case: Any, eng: AutoinpaintResult, residual: np.nda
     if preview:
         ct = case.ct_on_ref.data if case.ct_on_ref is not None else None
         pet = case.pet_on_ref.data if case.pet_on_ref is not None else None
-        shown = vols.get("pet") if pet is not None else vols.get("ct")
-        if shown is None:
-            shown = pet if pet is not None else ct
-        assert shown is not None
-        png = render_preview(ct, pet, shown, residual, mask > 0, tuple(case.params.ct_window),
-                             tuple(case.params.suv_window), affine=case.reference.affine)
+        date = report.get("date") or time.strftime("%Y-%m-%d", time.gmtime())  # no date in the report yet
+        png = render_preview(ct, pet, residual, mask > 0, affine=case.reference.affine, lesions=lesions,
+                             report=report, ct_window=tuple(case.params.ct_window),
+                             suv_window=tuple(case.params.suv_window), date=date)
         files["preview.png"] = atomic_write_bytes(out / "preview.png", png)
+    if dicom_source:
+        files.update(write_dicom_results(ref.with_data(mask.astype(np.uint8)), dicom_source, out))
     report = dict(report)
     timings = {**timings, "write": time.perf_counter() - t0}  # all files but report.json itself
     report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
@@ -76,3 +77,4 @@ def write_results(out: Path, case: Any, eng: AutoinpaintResult, residual: np.nda
     files["report.json"] = atomic_write_bytes(out / "report.json", to_json_bytes(report))
     log.info("wrote %d result files to %s", len(files), out)
     return files, report
+
