@@ -40,3 +40,17 @@ def test_chunks_checksum_and_cap(tmp_path: Path) -> None:
         atomic_write_chunks(tmp_path / "y.bin", iter(chunks), max_bytes=1000, too_large=TooBig)
     assert not (tmp_path / "y.bin").exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["x.bin"]
+
+
+def test_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    """Results must be readable by the user's group/others as a plain open() would make them."""
+    import os
+    import stat
+
+    from autopaint.fsutil import FILE_MODE, atomic_write_bytes
+
+    old = os.umask(0o022)
+    os.umask(old)
+    assert FILE_MODE == 0o666 & ~old
+    p = atomic_write_bytes(tmp_path / "r.json", b"{}")
+    assert stat.S_IMODE(p.stat().st_mode) == FILE_MODE

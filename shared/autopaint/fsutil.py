@@ -19,6 +19,24 @@ from typing import IO
 CHUNK = 1 << 20
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give: 0o666 less the process umask (read from
+    /proc on Linux, so no thread ever sees a changed umask; elsewhere umask is set and restored once
+    at import). ``mkstemp`` files are 0o600, which would hide results from the user's group."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def fsync_dir(directory: str | Path) -> None:
     """Make a rename in ``directory`` durable (POSIX); a no-op where folders cannot be opened."""
     try:
@@ -47,6 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -131,3 +131,12 @@ def test_write_cohort_files_and_cases_json(tmp_path) -> None:
         again = generate_case("headneck", e["seed"], "small", e["healthy"])
         np.testing.assert_allclose(ct.data, again.ct.data)
         np.testing.assert_allclose(ct.affine, again.ct.affine, atol=1e-4)
+
+
+def test_tumour_centre_and_centroid_share_the_world_frame() -> None:
+    """cases.json: ``centre_mm`` (placement) and ``centroid_mm`` (measured) are both world RAS mm."""
+    case = generate_case("thorax", seed=3, size="small")
+    assert case.info["tumours"]
+    for t in case.info["tumours"]:
+        gap = np.linalg.norm(np.subtract(t["centre_mm"], t["centroid_mm"]))
+        assert gap < t["nominal_diameter_mm"] / 2, (t["centre_mm"], t["centroid_mm"])

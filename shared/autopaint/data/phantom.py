@@ -68,7 +68,8 @@ def _grids(kind: str, size: str, rng: np.random.Generator) -> tuple[float, float
 
 
 def _tumour_stats(cv: Canvas, pet: np.ndarray, pet_grid: Grid, tumours: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Measured per-tumour volume (ml), equivalent diameter (mm), world centroid (mm) and SUVmax."""
+    """Measured per-tumour volume (ml), equivalent diameter (mm), world centroid (mm) and SUVmax; the
+    placement centre ``centre_mm`` in the same world frame (RAS+ mm, as the NIfTI affines)."""
     lesion = cv.lesion
     vox_ml = float(abs(np.linalg.det(cv.grid.affine[:3, :3])) / 1000.0)
     # nearest CT voxel of every PET voxel centre (diagonal map), to read the label on the PET grid
@@ -90,7 +91,10 @@ def _tumour_stats(cv: Canvas, pet: np.ndarray, pet_grid: Grid, tumours: list[dic
             pj = np.linalg.inv(pet_grid.affine) @ np.append(centroid, 1.0)
             pj = np.clip(np.rint(pj[:3]).astype(int), 0, np.array(pet_grid.shape) - 1)
             inside = pet[pj[0], pj[1], pj[2]][None]
-        out.append({**t, "volume_ml": round(vol, 3), "eq_diameter_mm": round(float((6 * vol * 1000 / np.pi) ** (1 / 3)), 1),
+        # the painters place tumours in the canvas's body frame (world - offset): report world RAS mm,
+        # the frame of ``centroid_mm`` and of the NIfTI affines
+        centre = [round(float(v) + float(o), 1) for v, o in zip(t["centre_mm"], cv.offset, strict=True)]
+        out.append({**t, "centre_mm": centre, "volume_ml": round(vol, 3), "eq_diameter_mm": round(float((6 * vol * 1000 / np.pi) ** (1 / 3)), 1),
                      "centroid_mm": [round(float(v), 2) for v in centroid], "suv_max": round(float(inside.max()), 3)})
     return out
 
