@@ -1,5 +1,6 @@
 """Result files, written atomically (:mod:`autopaint.fsutil`), and the CPU-only re-threshold used
-by the API (no torch, no model).
+by the API (no torch, no model): NIfTI volumes, lesion tables, and the DICOM SEG + RTSTRUCT of a mask
+on its CT series (:func:`write_dicom_results`, written by a run and again by a re-threshold).
 
 NIfTI files go through :func:`autopaint.imaging.io.write_volume` (atomic, deterministic gzip:
 the same array and affine give the same bytes).
@@ -16,7 +17,7 @@ import numpy as np
 
 from autopaint.fsutil import atomic_write_bytes
 from autopaint.imaging.volume import Volume
-from autopaint.segment.lesions import lesion_table, lesions_csv
+from autopaint.segment.lesions import lesion_labels, lesion_table, lesions_csv
 from autopaint.segment.metrics import segmentation_metrics
 from autopaint.segment.thresholds import apply_threshold, sweep
 
@@ -91,3 +92,25 @@ def rethreshold(residual_path: str | Path, threshold: float, pet: Volume | str |
         files.update(write_lesions(rows, d))
         out["files"] = files
     return out
+
+
+def write_dicom_results(mask: Volume, ct_files: list[str], out: Path) -> dict[str, Path]:
+    """``mask.seg.dcm`` (DICOM SEG, one segment per lesion, numbered as in lesions.csv) and
+    ``mask.rtstruct.dcm`` (one ROI per lesion), both referencing the CT series ``ct_files``."""
+    import warnings
+
+    from autopaint.imaging.dicom_export import write_rtstruct, write_seg
+
+    labels = lesion_labels(mask.data)
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    with warnings.catch_warnings():
+        # attributes copied from the source series as they are (e.g. a 17-character StudyID) make
+        # pydicom/highdicom warn once per copy; the source's own deviations are not ours to report
+        warnings.simplefilter("ignore", UserWarning)
+        pydicom_log.setLevel(logging.ERROR)
+        try:
+            return {"mask.seg.dcm": write_seg(mask, labels, ct_files, out / "mask.seg.dcm"),
+                    "mask.rtstruct.dcm": write_rtstruct(mask, labels, ct_files, out / "mask.rtstruct.dcm")}
+        finally:
+            pydicom_log.setLevel(level)
