@@ -48,7 +48,7 @@ from bench.accuracy_report import write_report
 
 log = logging.getLogger("bench.accuracy")
 TS = sweep_thresholds()
-FP_BUDGETS = (0.1, 0.25, 0.5, 1.0)  # false-positive hot spots per validation patient allowed through the gate
+FP_BUDGETS = (0.0, 0.1, 0.25, 0.5, 1.0)  # false-positive hot spots per validation patient allowed through the gate
 PROBE = DelineationParams(fraction=0.3, solid_hu=-500.0)  # fixed delineation while the budget is chosen
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 SOLID = (None, -500.0)

@@ -54,7 +54,7 @@ def run_demo(state_dir: Path, port: int = 8765, seed: int = 0, model: str | None
         client.wait_ready()
         console.print(f"[bold]3/5[/] service on {service.url} (worker on queue '{settings.queue}'); submitting")
         job = client.submit(ct=case / "ct.nii.gz", pet=case / "pet.nii.gz", label=case / "label.nii.gz",
-                            params={"preset": "thorax", **({"model": model} if model else {})},
+                            params={"preset": "thorax", "suv_already": True, **({"model": model} if model else {})},
                             case_name=case.name)
         console.print(f"      job {job['id']}")
         with rich_job_progress() as on_progress:

@@ -16,11 +16,12 @@ from autopaint import __version__
 from autopaint.db import make_engine, make_session_factory
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
-from services.api import routes_cohorts, routes_jobs, routes_ops, routes_threshold
+from services.api import routes_cohorts, routes_jobs, routes_ops, routes_threshold, routes_viewer
 from services.api.deps import AppContext
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.queue import CeleryPublisher, Publisher
+from services.api.reconciler import lifespan as reconciler_lifespan
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAP
             {"name": "models", "description": "Available inpainting models"},
             {"name": "operations", "description": "Health, readiness and metrics"},
         ],
+        lifespan=reconciler_lifespan,  # re-publishes jobs stranded by dead workers or lost messages
     )
     app.state.ctx = AppContext(settings=settings, engine=engine, sessions=sessions,
                                storage=make_storage(settings), publisher=pub, metrics=metrics)
     install_error_handlers(app)
     for module in (routes_jobs, routes_threshold, routes_cohorts, routes_ops):
         app.include_router(module.router)
+    app.include_router(routes_viewer.router)
     app.add_middleware(_LatencyMiddleware, metrics=metrics)
     return app

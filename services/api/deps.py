@@ -7,7 +7,7 @@ and the upload endpoint reads ``request.stream()`` itself, so an unauthenticated
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -31,6 +31,9 @@ class AppContext:
     storage: Storage
     publisher: Publisher
     metrics: ApiMetrics
+    # workers alive, for /readyz: set by a process that runs its own workers (the embedded
+    # service's supervisor); None for a plain API (production: workers are separate services)
+    worker_status: Callable[[], int] | None = None
 
 
 def get_ctx(request: Request) -> AppContext:

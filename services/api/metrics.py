@@ -1,6 +1,7 @@
 """Prometheus metrics of the API (one registry per app, so tests can build several apps).
 
-Counters for what the API process itself sees (bytes uploaded, submissions, rejections) and a
+Counters for what the API process itself sees (bytes uploaded, submissions, rejections, jobs the
+reconciler re-queued or re-published; in the embedded service, worker restarts) and a
 collector that reads the database at scrape time for what workers change: queue depth, jobs by
 state, and stage durations (summary over finished jobs' ``timings``).
 """
@@ -11,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -86,4 +87,23 @@ class ApiMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.reconciled = Counter(
+            "autopaint_jobs_reconciled",
+            "Jobs the reconciler acted on: requeued (lease expired), republished (message lost), "
+            "failed (attempts used up), cancelled",
+            ["action"], registry=self.registry,
+        )
         self.registry.register(_DbCollector(sessions, broker_depth))
+        self.worker_restarts: Counter | None = None
+        self.workers_alive: Gauge | None = None
+
+    def watch_workers(self, alive: Callable[[], int]) -> None:
+        """Worker metrics of a process that supervises its own workers (the embedded service):
+        ``autopaint_workers_alive`` (read at scrape time) and ``autopaint_worker_restarts_total``."""
+        if self.workers_alive is None:
+            self.workers_alive = Gauge("autopaint_workers_alive", "Worker processes alive (embedded)",
+                                       registry=self.registry)
+            self.worker_restarts = Counter("autopaint_worker_restarts",
+                                           "Dead worker processes restarted by the supervisor (embedded)",
+                                           registry=self.registry)
+        self.workers_alive.set_function(lambda: float(alive()))

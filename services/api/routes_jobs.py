@@ -22,7 +22,14 @@ from autopaint.model_cards import list_cards
 from autopaint.storage import UploadTooLarge, job_prefix
 from services.api.deps import AppContext, Ctx, DbSession, Owner
 from services.api.errors import ApiError, not_found
-from services.api.ingest import check_head, limits_for, sanitize_and_store, validate_files
+from services.api.ingest import (
+    DicomCaps,
+    check_head,
+    limits_for,
+    read_dicom_inputs,
+    sanitize_and_store,
+    validate_files,
+)
 from services.api.queue import BrokerUnavailable
 from services.api.schemas import ArtifactOut, ErrorOut, JobOut, JobPage, ResultsOut
 from services.api.uploads import ParsedUpload, parse_upload
@@ -43,8 +50,11 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "ct": {"type": "string", "format": "binary", "description": "CT NIfTI (HU)"},
-                        "pet": {"type": "string", "format": "binary", "description": "PET NIfTI (SUV or Bq/mL)"},
+                        "ct": {"type": "string", "format": "binary",
+                               "description": "CT: a NIfTI (HU) or a zip of one DICOM series"},
+                        "pet": {"type": "string", "format": "binary",
+                                "description": "PET: a zip of one DICOM series (units from its headers) or a "
+                                "NIfTI whose units the params state (suv_already, or the Bq/mL fields)"},
                         "organ_mask": {"type": "string", "format": "binary", "description": "organ-of-interest mask"},
                         "label": {"type": "string", "format": "binary", "description": "tumour label (metrics)"},
                         "params": {"type": "string", "description": "JSON of JobParams",
@@ -78,9 +88,10 @@ def _replay(ctx: AppContext, job: Job) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Idempotent-Replayed": "true", "Location": f"/v1/jobs/{job.id}"})
 
 
-def _params(ctx: AppContext, fields: dict[str, str], roles: set[str]) -> JobParams:
+def _params(ctx: AppContext, fields: dict[str, str], roles: set[str], pet_is_dicom: bool = False) -> JobParams:
     """The job's parameters with the model resolved (the one place the default model is chosen),
-    checked against that model's card: its modality's images present, the PET units stated."""
+    checked against that model's card: its modality's images present, the PET units stated (a
+    DICOM PET's headers state them)."""
     try:
         params = JobParams.model_validate_json(fields.get("params") or "{}")
     except ValidationError as exc:
@@ -96,7 +107,7 @@ def _params(ctx: AppContext, fields: dict[str, str], roles: set[str]) -> JobPara
     check_model_modality(params.modality, model_modality, model)
     check_roles(params.modality or model_modality, roles)
     if "pet" in roles:
-        params.require_complete()
+        params.require_complete(pet_is_dicom=pet_is_dicom)
     return params.model_copy(update={"model": model})
 
 
@@ -115,8 +126,10 @@ def _cohort(ctx: AppContext, owner: str, cohort_id: str | None) -> str | None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a PET/CT case",
-    description="Multipart upload (streamed, capped). 202 only once every file is validated, "
-    "stored with its sha256 and the job row committed; then the job is published to the queue.",
+    description="Multipart upload (streamed, capped). CT and PET: a NIfTI or a zip of one DICOM series "
+    "(told by content). 202 only once every file is validated (a DICOM series' geometry and modality, "
+    "the CT/PET overlap, the PET's units: DICOM headers or the params' statement, then a plausibility "
+    "check), stored with its sha256 and the job row committed; then the job is published to the queue.",
     responses={**ERRORS, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     openapi_extra=UPLOAD_BODY,
 )
@@ -139,14 +152,18 @@ async def submit_job(
     limits = limits_for(s.max_voxels, s.max_upload_bytes)
     stored = False
     try:
-        parsed: ParsedUpload = await parse_upload(request.headers.get("content-type", ""), request.stream(), tmp,
-                                                  s.max_upload_bytes, lambda f: check_head(f.head, limits))
-        params = _params(ctx, parsed.fields, set(parsed.files))
+        parsed: ParsedUpload = await parse_upload(
+            request.headers.get("content-type", ""), request.stream(), tmp, s.max_upload_bytes,
+            lambda f: None if f.is_dicom_zip else check_head(f.head, limits))
+        zips = {role: f.path for role, f in parsed.files.items() if f.is_dicom_zip}
+        params = _params(ctx, parsed.fields, set(parsed.files), pet_is_dicom="pet" in zips)
         cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
-        paths = {role: f.path for role, f in parsed.files.items()}
-        await run_in_threadpool(validate_files, paths, limits)
+        paths = {role: f.path for role, f in parsed.files.items() if role not in zips}
+        dicom = await run_in_threadpool(read_dicom_inputs, zips, tmp, DicomCaps.from_settings(s),
+                                        params.series_uids())
+        await run_in_threadpool(validate_files, paths, limits, dicom)
         stored = True
-        inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp)
+        inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp, dicom, params)
         job = Job(id=job_id, owner_key_id=owner, cohort_id=cohort_id,
                   case_name=(parsed.fields.get("case_name") or "").strip()[:200] or None, state=JobState.QUEUED,
                   params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
@@ -211,7 +228,7 @@ def list_jobs(
     state: Annotated[list[JobState] | None, Query(description="filter: one or more states")] = None,
     cohort_id: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobPage:
     limit = min(limit, ctx.settings.page_size_max)
     where = [Job.owner_key_id == owner]
@@ -260,6 +277,30 @@ def get_result(job_id: str, name: str, session: DbSession, owner: Owner, ctx: Ct
                "Content-Disposition": f'attachment; filename="{art.name}"'}
     return StreamingResponse(ctx.storage.iter_chunks(art.storage_key), media_type=art.content_type,
                              headers=headers)
+
+
+@router.get(
+    "/{job_id}/inputs/{role}",
+    summary="Download the job's CT or PET as a viewable NIfTI (CT in HU, PET in SUV; streamed)",
+    description="The sanitized NIfTI the job stored (fresh header, no patient data); for a DICOM input or a "
+    "Bq/mL PET, the NIfTI copy made at submit (the PET converted to SUV by the job's units rule).",
+    responses={**ERRORS, 200: {"content": {"application/gzip": {}}, "description": "the file"}},
+)
+def get_input(job_id: str, role: str, session: DbSession, owner: Owner, ctx: Ctx) -> StreamingResponse:
+    job = _owned_job(session, owner, job_id)
+    stored = (job.inputs or {}).get(role) if role in ("ct", "pet") else None
+    if stored and stored.get("view_key"):
+        key, sha, size = stored["view_key"], stored["view_sha256"], stored["view_bytes"]
+    elif stored and stored.get("format", "nifti") == "nifti":
+        key, sha, size = stored["key"], stored["sha256"], stored["bytes"]
+    else:
+        raise ApiError(404, "not_found", "no such input")
+    if not ctx.storage.exists(key):
+        raise ApiError(404, "not_found", "no such input")
+    headers = {"Content-Length": str(size), "ETag": f'"{sha}"', "X-Content-SHA256": sha,
+               "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff",
+               "Content-Disposition": f'attachment; filename="{role}.nii.gz"'}
+    return StreamingResponse(ctx.storage.iter_chunks(key), media_type="application/gzip", headers=headers)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job",

@@ -1,4 +1,5 @@
-"""Operations: ``/healthz``, ``/readyz`` (database + broker), ``/metrics`` and ``GET /v1/models``."""
+"""Operations: ``/healthz``, ``/readyz`` (database + broker; in the embedded service also ``workers``:
+the worker processes alive, not ready at 0), ``/metrics`` and ``GET /v1/models``."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def _db_ok(ctx: Ctx) -> bool:
         return False
 
 
-@router.get("/readyz", response_model=ReadyOut, summary="Readiness: database and broker reachable",
+@router.get("/readyz", response_model=ReadyOut,
+            summary="Readiness: database and broker reachable (embedded: and a worker alive)",
             responses={503: {"model": ReadyOut}})
 async def readyz(ctx: Ctx) -> JSONResponse:
     db = await run_in_threadpool(_db_ok, ctx)
     broker = await run_in_threadpool(ctx.publisher.ping)
-    body = ReadyOut(ready=db and broker, database=db, broker=broker)
-    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+    workers = ctx.worker_status() if ctx.worker_status is not None else None
+    ready = db and broker and (workers is None or workers > 0)
+    body = ReadyOut(ready=ready, database=db, broker=broker, workers=workers)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if body.ready else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

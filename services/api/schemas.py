@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 JOB_ID_EXAMPLE = "3f2a9c1e5b7d4e8f9a0b1c2d3e4f5a6b"
+
+
+def _utc(value: datetime) -> datetime:
+    """The database keeps naive UTC; the API says so (ISO 8601 with its zone, RFC 3339 date-time)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class ErrorOut(BaseModel):
@@ -66,9 +74,9 @@ class JobOut(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     cancel_requested: bool = False
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     manifest: dict[str, Any] | None = None
     results_url: str | None = None
@@ -129,7 +137,7 @@ class CohortCase(BaseModel):
 class CohortOut(BaseModel):
     id: str
     name: str
-    created_at: datetime
+    created_at: UtcDatetime
     counts: dict[str, int] = Field(description="jobs per state", examples=[{"succeeded": 18, "running": 2}])
     progress: float = Field(description="finished cases / all cases", examples=[0.9])
     cases: list[CohortCase]
@@ -153,3 +161,4 @@ class ReadyOut(BaseModel):
     ready: bool
     database: bool
     broker: bool
+    workers: int | None = None  # worker processes alive (embedded service only; omitted otherwise)

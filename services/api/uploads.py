@@ -6,6 +6,11 @@ body is read. Here the endpoint pulls ``request.stream()`` itself (after the API
 counts every received byte, and stops with ``UploadTooLarge`` as soon as the cap is exceeded; file
 parts go to a private temp folder (named by role, never by the client's filename), which the caller
 deletes. Client filenames are not even parsed out of the part headers.
+
+A CT or PET part may be a NIfTI (``.nii.gz``/``.nii``, by its gzip magic) or a zip of one DICOM
+series: told by content (``PK\x03\x04``), never by a filename. A zip is kept as ``upload-<role>.zip``
+(``UploadedFile.is_dicom_zip``); it skips the NIfTI header-first check and is unpacked and read by
+``services.api.ingest`` once the body is complete.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ TEXT_FIELDS = ("params", "cohort_id", "case_name")
 MAX_TEXT_FIELD = 64 * 1024
 MAX_PART_HEADER = 8 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = b"PK\x03\x04"
+DICOM_ROLES = ("ct", "pet")
+"""Roles that may be uploaded as a zip of a DICOM series."""
 
 
 @dataclass
@@ -39,6 +47,11 @@ class UploadedFile:
     nbytes: int = 0
     sha256: str = ""
     head: bytes = b""  # first bytes (for header-first checks)
+
+    @property
+    def is_dicom_zip(self) -> bool:
+        """A CT/PET part that starts like a zip archive (a DICOM series; masks and labels are NIfTI)."""
+        return self.role in DICOM_ROLES and self.head[:4] == ZIP_MAGIC
 
 
 @dataclass
@@ -125,7 +138,9 @@ class _Collector:
         if self._file is not None and self._fh is not None:
             self._fh.close()
             self._fh = None
-            if self._file.head[:2] != GZIP_MAGIC:  # readers pick the codec from the suffix
+            if self._file.is_dicom_zip:
+                self._file.path = self._file.path.rename(self._file.path.with_name(f"upload-{self._file.role}.zip"))
+            elif self._file.head[:2] != GZIP_MAGIC:  # readers pick the codec from the suffix
                 plain = self._file.path.with_name(f"upload-{self._file.role}.nii")
                 self._file.path = self._file.path.rename(plain)
             if not self._head_sent:

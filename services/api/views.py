@@ -57,7 +57,9 @@ def estimate_eta(session: Session, job: Job, position: int | None) -> float | No
 
 def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
     position = queue_position(session, job) if job.state == JobState.QUEUED and with_eta else None
-    total = job.progress_total
+    done, total = job.progress_done, job.progress_total
+    if job.state == JobState.SUCCEEDED:  # a finished job is 100 %, whatever its last stage counted
+        done = total = max(total, 1)
     return JobOut(
         id=job.id,
         state=job.state,
@@ -65,12 +67,12 @@ def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
         case_name=job.case_name,
         progress=ProgressOut(
             stage=job.stage,
-            done=job.progress_done,
+            done=done,
             total=total,
             unit=job.progress_unit,
             circles_done=job.circles_done,
             circles_total=job.circles_total,
-            fraction=(job.progress_done / total) if total else None,
+            fraction=(done / total) if total else None,
         ),
         queue_position=position,
         eta_s=estimate_eta(session, job, position) if with_eta else None,

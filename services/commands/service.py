@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from autopaint.commands import segment as opts
+
 cohort_app = typer.Typer(name="cohort", help="Submit and follow whole cohorts of cases.",
                          no_args_is_help=True)
 
@@ -36,6 +38,40 @@ def _params(params_json: str | None, **fields: Any) -> dict[str, Any]:
     return params
 
 
+def _units_in(params_json: str | None, *flags: object) -> bool:
+    """The ``--params`` JSON states the PET units and no units option is given: the JSON is sent as
+    it is (the server applies the rule)."""
+    from autopaint.contracts import SuvInputs
+
+    if any(f not in (None, False) for f in flags):
+        return False
+    return bool(params_json) and any(k in SuvInputs.model_fields for k in json.loads(params_json or "{}"))
+
+
+def _is_dicom(path: Path | None) -> bool:
+    """A DICOM series given as a folder or as a zip file (the server tells a zip by its content)."""
+    from autopaint.imaging.dicom_zip import is_zip
+
+    return path is not None and (path.is_dir() or is_zip(path))
+
+
+def _suv_params(pet: Path | None, suv_already: bool, weight_kg: float | None, dose: float | None,
+                delay_s: float | None, half_life_s: float | None, allow_implausible_units: bool) -> dict[str, Any]:
+    """The PET-units options as JobParams fields, by the rule of ``autopaint segment``
+    (``commands.segment.suv_inputs``): a NIfTI PET needs ``--suv-already`` or the Bq/mL options
+    (``missing_suv_info`` before anything is uploaded); a DICOM PET's headers state the units."""
+    from autopaint.errors import InvalidInput
+
+    try:
+        suv = opts.suv_inputs(None if _is_dicom(pet) else pet, suv_already, weight_kg, dose, delay_s, half_life_s,
+                              check_units=not allow_implausible_units)
+    except InvalidInput as exc:
+        print(f"autopaint: invalid input [{exc.code}]: {exc}", file=sys.stderr)
+        raise typer.Exit(code=2) from exc
+    out: dict[str, Any] = suv.model_dump(exclude_none=True)
+    return out
+
+
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
     port: int = typer.Option(8000, help="TCP port"),
@@ -48,24 +84,38 @@ def serve(
     """Run the service: the API (uvicorn) plus real Celery worker processes.
 
     With no AUTOPAINT_DATABASE_URL / AUTOPAINT_BROKER_URL this is the embedded default: SQLite
-    database, the kombu sqla+sqlite broker and local storage under the state folder.
+    database, the kombu sqla+sqlite broker and local storage under the state folder. One serve per
+    state folder (a second one exits 2); the API key is kept in <state>/embedded.apikey and reused.
+    A dead worker process is restarted; /readyz reports the workers alive.
     """
-    from services.embedded import EmbeddedService, embedded_queue, ensure_api_key, prepare, recover_jobs
+    from services.embedded import (
+        EmbeddedService,
+        StateDirBusy,
+        embedded_queue,
+        ensure_api_key,
+        prepare,
+        recover_jobs,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(state_dir)
     if not api_only:
         settings.queue = embedded_queue(settings)
+    service = EmbeddedService(settings, host=host, port=port, workers=0 if api_only else workers,
+                              api_only=api_only, log_dir=settings.state_dir / "logs")
+    try:
+        service.acquire()  # before migrating: one serve per state folder
+    except StateDirBusy as exc:
+        print(f"autopaint serve: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     prepare(settings, migrate=not no_migrate)
     if not api_only and settings.broker_url.startswith("sqla+"):
         recover_jobs(settings)
-    service = EmbeddedService(settings, host=host, port=port, workers=0 if api_only else workers,
-                              api_only=api_only, log_dir=settings.state_dir / "logs")
     print(f"autopaint API on {service.url}  (docs: {service.url}/docs)")
     if not api_only:
         key = ensure_api_key(settings)
-        print(f"API key: {key}")
+        print(f"API key: {key}  (kept in {settings.state_dir / 'embedded.apikey'})")
         print(f"workers: {workers} on queue '{settings.queue}', logs in {settings.state_dir / 'logs'}")
     sys.stdout.flush()
     service.run_forever()
@@ -82,10 +132,12 @@ def worker(
     import socket
 
     from autopaint.settings import Settings
+    from services.embedded import watch_parent
     from services.worker.app import create_celery_app
     from services.worker.config import worker_queues
 
     settings = Settings()
+    watch_parent()  # started by `serve`: die with it, leaving no orphan (no-op otherwise)
     app = create_celery_app(settings)
     qs = worker_queues(settings, queues)
     argv = ["worker", "-P", pool, "-c", str(concurrency), "-Q", ",".join(qs),
@@ -95,8 +147,19 @@ def worker(
 
 
 def submit(
-    ct: Path | None = typer.Option(None, exists=True, dir_okay=False, help="CT NIfTI (HU)"),
-    pet: Path | None = typer.Option(None, exists=True, dir_okay=False, help="PET NIfTI (SUV)"),
+    ct: Path | None = typer.Option(None, "--ct", exists=True, help="CT: a NIfTI file (HU) or a DICOM series folder "
+                                   "(zipped on the fly)."),
+    pet: Path | None = typer.Option(None, "--pet", exists=True, help="PET: a DICOM series folder (units from its "
+                                    "headers) or a NIfTI file with its units stated (--suv-already, or the Bq/mL "
+                                    "options)."),
+    ct_series_uid: str | None = opts.CT_SERIES_OPTION,
+    pet_series_uid: str | None = opts.PET_SERIES_OPTION,
+    suv_already: bool = opts.SUV_ALREADY_OPTION,
+    weight_kg: float | None = opts.WEIGHT_OPTION,
+    injected_dose_bq: float | None = opts.DOSE_OPTION,
+    delay_s: float | None = opts.DELAY_OPTION,
+    half_life_s: float | None = opts.HALF_LIFE_OPTION,
+    allow_implausible_units: bool = opts.IMPLAUSIBLE_OPTION,
     organ_mask: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Organ mask NIfTI"),
     label: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Reference label (metrics)"),
     preset: str | None = typer.Option(None, help="thorax | headneck | custom (body); default: the model's preset"),
@@ -109,14 +172,21 @@ def submit(
     url: str | None = _URL,
     api_key: str | None = _KEY,
 ) -> None:
-    """Submit one PET/CT case to the service; optionally wait and download the results."""
+    """Submit one PET/CT case to the service; optionally wait and download the results.
+
+    CT and PET: NIfTI files or DICOM series folders (a DICOM CT also gives the mask as DICOM SEG and RTSTRUCT).
+    """
     from autopaint.client import Client, lesion_lines
     from autopaint.client_cohort import rich_job_progress
 
+    units = _suv_params(pet, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s,
+                        allow_implausible_units) if pet is not None and not _units_in(
+        params, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s, allow_implausible_units) else {}
     client = Client(url or "http://127.0.0.1:8000", api_key)
     job = client.submit(ct=ct, pet=pet, organ_mask=organ_mask, label=label,
                         params=_params(params, preset=preset, mode=mode, threshold=threshold,
-                                       model=model))
+                                       model=model, ct_series_uid=ct_series_uid,
+                                       pet_series_uid=pet_series_uid, **units))
     print(f"job {job['id']} {job['state']}")
     if not (wait or out):
         return
@@ -136,27 +206,40 @@ def submit(
 @cohort_app.command("submit")
 def cohort_submit(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="Cohort folder: one "
-                                     "sub-folder per case with ct/pet[/label/organ_mask].nii.gz"),
+                                     "sub-folder per case with ct.nii.gz and/or pet.nii.gz (or DICOM series "
+                                     "folders ct/ and pet/), optionally label.nii.gz and organ_mask.nii.gz"),
     concurrency: int = typer.Option(4, min=1, help="Jobs in flight at once"),
     out: Path | None = typer.Option(None, help="Output folder (default DIRECTORY/results)"),
     preset: str | None = typer.Option(None, help="thorax | headneck | custom (body); default: the model's preset"),
     mode: str | None = typer.Option(None, help="fast | exact"),
     params: str | None = typer.Option(None, help="Extra job parameters as JSON"),
+    suv_already: bool = opts.SUV_ALREADY_OPTION,
+    weight_kg: float | None = opts.WEIGHT_OPTION,
+    injected_dose_bq: float | None = opts.DOSE_OPTION,
+    delay_s: float | None = opts.DELAY_OPTION,
+    half_life_s: float | None = opts.HALF_LIFE_OPTION,
+    allow_implausible_units: bool = opts.IMPLAUSIBLE_OPTION,
     download: bool = typer.Option(True, help="Download each case's results"),
     url: str | None = _URL,
     api_key: str | None = _KEY,
 ) -> None:
     """Submit every case of a cohort, follow them with a progress table and write summary.csv.
 
-    Resumable: the state file ``OUT/cohort_state.json`` records each case's job; a restarted
-    command skips finished cases and follows the ones still running instead of resubmitting.
+    The PET-units options apply to every case (NIfTI PETs need them; DICOM PETs' headers state
+    their units). Resumable: the state file ``OUT/cohort_state.json`` records each case's job; a
+    restarted command skips finished cases and follows the ones still running instead of resubmitting.
     """
     from autopaint.client import Client
-    from autopaint.client_cohort import run_cohort
+    from autopaint.client_cohort import discover_cases, run_cohort
 
+    pets = [c.files["pet"] for c in discover_cases(directory) if "pet" in c.files]
+    nifti_pet = next((p for p in pets if not _is_dicom(p)), None)  # any NIfTI PET needs the units stated
+    units = _suv_params(nifti_pet, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s,
+                        allow_implausible_units) if pets and not _units_in(
+        params, suv_already, weight_kg, injected_dose_bq, delay_s, half_life_s, allow_implausible_units) else {}
     client = Client(url or "http://127.0.0.1:8000", api_key)
     summary = run_cohort(client, directory, out or directory / "results", concurrency=concurrency,
-                         params=_params(params, preset=preset, mode=mode), download=download,
+                         params=_params(params, preset=preset, mode=mode, **units), download=download,
                          show_progress=True)
     print(f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} already done; "
           f"summary: {summary.csv_path}")

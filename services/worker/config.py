@@ -8,6 +8,20 @@ Delivery guarantees (DESIGN.md §5):
 - ``worker_prefetch_multiplier = 1`` and concurrency 1 per GPU: a worker never hoards messages.
 - soft + hard time limits; the Redis ``visibility_timeout`` must exceed the hard limit, or Redis
   would re-deliver a job that is still running (asserted here, at configuration time).
+- The DB lease, not the broker connection, says who runs a job: the lease (``lease_s``, 30 s,
+  renewed every ``lease_s / 3``) is far shorter than the visibility timeout, and every countdown a
+  worker puts on a message (waiting out a lease, a retry) is at most one lease. Recovery from a dead
+  worker or a lost message is the reconciler's (``services.api.reconciler``: about one lease), not
+  the visibility timeout's, which is only the broker's last resort (a duplicate it re-delivers
+  finds the job finished and is dropped).
+- ``worker_lost_wait = 1``: a killed child's message goes back to the queue after 1 s, not 10 s
+  (Celery waits that long for a result the child might have sent; results are not used here). The
+  next child finds the dead child gone from this host and takes the lease over at once
+  (``autopaint.db.jobs.expire_gone_leases``): a killed child's job restarts within seconds.
+- ``worker_cancel_long_running_tasks_on_connection_loss = False``: a broker outage does not kill
+  the running job. It keeps its DB lease (heartbeats go to the database), finishes and stores its
+  result; its unacknowledged message, re-delivered later, finds the job finished and is dropped.
+  (True would throw the work away and leave the job to the reconciler after a lease.)
 
 Queue routing: the API publishes each job to ``job.queue`` (``Settings.queue``, default ``gpu``).
 A worker consumes ``--queues`` when given; otherwise ``gpu`` when CUDA is present and ``cpu``
@@ -37,6 +51,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     if settings.hard_time_limit_s <= settings.soft_time_limit_s:
         raise ConfigError("hard_time_limit_s must exceed soft_time_limit_s")
+    if settings.lease_s >= settings.visibility_timeout_s:
+        raise ConfigError(f"lease_s ({settings.lease_s}) must be shorter than visibility_timeout_s "
+                          f"({settings.visibility_timeout_s})")
     transport: dict[str, Any] = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         transport["visibility_timeout"] = settings.visibility_timeout_s
@@ -55,7 +72,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,  # the DB lease decides
+        # a killed child's message is handed back after this wait for a result it might have sent
+        # (10 s by default); results are ignored here (the row is the result), so hand it back now
+        "worker_lost_wait": 1.0,
         "task_soft_time_limit": settings.soft_time_limit_s,
         "task_time_limit": settings.hard_time_limit_s,
         "task_default_queue": settings.queue,

@@ -7,13 +7,13 @@ inherited from its parent.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from autopaint.db import make_engine, make_session_factory
+from autopaint.db.jobs import lease_owner_id
 from autopaint.settings import Settings
 from autopaint.storage import Storage, make_storage
 
@@ -60,5 +60,6 @@ class WorkerContext:
 
 
 def worker_id() -> str:
-    """``host:pid`` of this process: the lease owner written on the job row."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host@pidns:pid`` of this process: the lease owner written on the job row
+    (``autopaint.db.jobs.lease_owner_id``)."""
+    return lease_owner_id()

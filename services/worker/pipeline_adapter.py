@@ -30,7 +30,7 @@ class JobSpec:
     """Everything the pipeline needs about one job (paths are local files)."""
 
     job_id: str
-    input_paths: dict[str, Path]  # role -> NIfTI path (ct, pet, organ_mask, label)
+    input_paths: dict[str, Path]  # role -> NIfTI file, or DICOM series folder (ct, pet)
     params: JobParams  # params.model: resolved at submit
     device: str  # "auto", "cpu", "cuda", "cuda:N"
     models_dir: Path | None = None
@@ -56,8 +56,10 @@ def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
     """Load the inputs, take the process-wide model and run the pipeline into ``out_dir``.
 
     The inputs were validated and hashed at submit (``spec.input_sha256``): they are read, not
-    checked again. Returns the manifest fields the worker adds to the job row: model name and
-    sha256, the threshold (:class:`autopaint.contracts.ThresholdRecord`) and the lesion count.
+    checked again (a DICOM CT/PET is a folder: its series is read, the SEG and RTSTRUCT of the mask
+    written on the CT series). Returns the manifest fields the worker adds to the job row: model name
+    and sha256, the threshold (:class:`autopaint.contracts.ThresholdRecord`), the lesion count and
+    ``pet_units`` (the PET's SUV calibration, used again by the re-threshold).
     """
     from autopaint.progress import ProgressEvent, Stage, Unit
     from autopaint.segment import pipeline as pl  # torch enters the process here, in the worker
@@ -67,7 +69,8 @@ def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
     paths = spec.input_paths
     progress(ProgressEvent(Stage.loading, 0, 1, Unit.volumes))
     inputs = pl.load_inputs(paths.get("ct"), paths.get("pet"), paths.get("organ_mask"), paths.get("label"),
-                            suv=p.suv_tags(), suv_already=p.suv_already, known_sha256=spec.input_sha256)
+                            suv=p.suv_tags(), suv_already=p.suv_already, known_sha256=spec.input_sha256,
+                            series_uids=p.series_uids(), check_units=p.check_units)
     progress(ProgressEvent(Stage.loading, 1, 1, Unit.volumes))
     model = p.model or DEFAULT_MODEL
     inpainter = get_inpainter(model, spec.device, spec.models_dir)
@@ -78,4 +81,4 @@ def run_real(spec: JobSpec, out_dir: Path, progress: Callable[[Any], None],
     name = (inpainter.card or {}).get("name") or model
     threshold = ThresholdRecord(value=result.threshold, source=str(result.report["threshold"]["source"]))
     return {"model": {"name": name, "sha256": inpainter.sha256}, "threshold": threshold,
-            "lesions": len(result.lesions)}
+            "lesions": len(result.lesions), "pet_units": result.report["inputs"].get("pet_units")}

@@ -42,8 +42,8 @@ class ProgressWriter:
     """Progress callback: writes to the DB on every stage change and every ``every`` circles
     (other units at most every 0.25 s), plus the last step of each stage."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str, every: int) -> None:
-        self.ctx, self.job_id, self.every = ctx, job_id, max(1, every)
+    def __init__(self, ctx: WorkerContext, job_id: str, every: int, worker: str | None = None) -> None:
+        self.ctx, self.job_id, self.every, self.worker = ctx, job_id, max(1, every), worker
         self._stage: Stage | None = None
         self._unit: str | None = None
         self._last_done = -1
@@ -63,30 +63,47 @@ class ProgressWriter:
         circles = (ev.done, ev.total) if ev.unit == Unit.circles else (None, None)
         with self.ctx.session() as s:
             repo.set_progress(s, self.job_id, stage, ev.done, ev.total, ev.unit,
-                              circles_done=circles[0], circles_total=circles[1])
+                              circles_done=circles[0], circles_total=circles[1], worker_id=self.worker)
         self._stage, self._unit, self._last_done, self._last_t = stage, ev.unit, ev.done, now
         self.writes += 1
 
 
 class Heartbeat:
-    """Renews the DB lease every ``lease_s / 3`` seconds from a daemon thread; ``lost`` turns True
-    when another worker took the job (then the pipeline is stopped at its next cancel check)."""
+    """Proves this process alive: renews the DB lease every ``lease_s / 3`` seconds from a daemon
+    thread (``Settings.lease_s``, default 30 s, so two renewals may fail before the lease runs out).
+    A worker that dies stops renewing, and about one lease later its job is taken over (a
+    re-delivered message leases it again, or the API's reconciler re-queues it).
+
+    ``lost`` turns True when another worker or the reconciler took the job, or when no renewal
+    succeeded for a whole lease (this process cannot reach the database, so the job may already
+    run elsewhere); the pipeline then stops at its next cancel check and nothing is stored.
+    """
 
     def __init__(self, ctx: WorkerContext, job_id: str, worker: str, lease_s: float) -> None:
         self.ctx, self.job_id, self.worker, self.lease_s = ctx, job_id, worker, lease_s
         self.lost = False
+        self.renewals = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
     def _run(self) -> None:
+        last_ok = time.monotonic()
         while not self._stop.wait(max(0.2, self.lease_s / 3.0)):
             try:
                 with self.ctx.session() as s:
                     if not repo.heartbeat(s, self.job_id, self.worker, self.lease_s):
+                        log.warning("job %s: lease lost (taken over); stopping", self.job_id)
                         self.lost = True
                         return
+                last_ok = time.monotonic()
+                self.renewals += 1
             except Exception:  # a DB hiccup: keep trying until the lease runs out
                 log.exception("heartbeat of job %s failed", self.job_id)
+                if time.monotonic() - last_ok > self.lease_s:
+                    log.error("job %s: no lease renewal for %.0f s; giving the job up", self.job_id,
+                              time.monotonic() - last_ok)
+                    self.lost = True
+                    return
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -98,9 +115,20 @@ class Heartbeat:
 
 
 def _fetch_inputs(ctx: WorkerContext, job: Job, tmp: Path) -> dict[str, Path]:
-    """Local paths of the job's inputs (the storage path itself when it is on this disk)."""
-    return {role: fetch_local(ctx.storage, info["key"], tmp / "inputs" / f"{role}.nii.gz")
-            for role, info in (job.inputs or {}).items()}
+    """Local paths of the job's inputs: a NIfTI file (the storage path itself when it is on this
+    disk), or for a DICOM input (``format: dicom``) the folder its stored zip unpacks to in ``tmp``."""
+    from autopaint.imaging.dicom_zip import extract_series_zip
+
+    s = ctx.settings
+    paths: dict[str, Path] = {}
+    for role, info in (job.inputs or {}).items():
+        if info.get("format") == "dicom":
+            archive = fetch_local(ctx.storage, info["key"], tmp / "inputs" / f"{role}.dicom.zip")
+            paths[role] = extract_series_zip(archive, tmp / "inputs", s.max_dicom_bytes, s.max_dicom_files,
+                                             name=f"{role}-dicom")
+        else:
+            paths[role] = fetch_local(ctx.storage, info["key"], tmp / "inputs" / f"{role}.nii.gz")
+    return paths
 
 
 def _not_leased(ctx: WorkerContext, job_id: str) -> Outcome:
@@ -121,6 +149,8 @@ def execute_job(ctx: WorkerContext, job_id: str, worker: str) -> Outcome:
     settings = ctx.settings
     with ctx.session() as s:
         job = repo.lease_job(s, job_id, worker, settings.lease_s)
+        if job is None and repo.expire_gone_leases(s, job_id):  # its holder died on this host
+            job = repo.lease_job(s, job_id, worker, settings.lease_s)
         if job is None:
             return _not_leased(ctx, job_id)
         params = JobParams.model_validate(job.params or {})
@@ -144,7 +174,7 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
         with ctx.session() as s:
             return repo.cancel_requested(s, job_id)
 
-    progress = ProgressWriter(ctx, job_id, settings.progress_every_circles)
+    progress = ProgressWriter(ctx, job_id, settings.progress_every_circles, worker)
     try:
         spec = JobSpec(job_id=job_id, input_paths=_fetch_inputs(ctx, job, tmp), params=params,
                        device=settings.device,
@@ -185,6 +215,6 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
         code = getattr(exc, "code", None) or "worker_error"
         with ctx.session() as s:
             state = repo.requeue_or_fail(s, job_id, str(code), f"{type(exc).__name__}: {exc}")
-        if state == JobState.QUEUED:
-            return Outcome("requeued", retry_in_s=min(30.0, 0.5 * 2 ** job.attempts))
+        if state == JobState.QUEUED:  # a countdown below one lease: see Settings.stale_queued_s
+            return Outcome("requeued", retry_in_s=min(30.0, settings.lease_s / 2.0, 0.5 * 2 ** job.attempts))
         return Outcome(state.value)

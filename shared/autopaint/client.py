@@ -1,11 +1,13 @@
 """Python client of the autopaint REST API (httpx).
 
     with Client("http://127.0.0.1:8000", api_key) as c:
-        job = c.submit(ct="ct.nii.gz", pet="pet.nii.gz", params={"preset": "thorax"})
+        job = c.submit(ct="ct.nii.gz", pet="pet.nii.gz", params={"preset": "thorax", "suv_already": True})
+        job = c.submit(ct="dicom/CT", pet="dicom/PET")  # DICOM series folders: units from the headers
         job = c.wait(job["id"], on_progress=lambda j: print(j["progress"]))
         c.download(job["id"], "results/")
 
-Uploads are streamed from disk (multipart). ``submit`` sends an ``Idempotency-Key`` (a fresh
+Uploads are streamed from disk (multipart); a DICOM series folder (CT or PET) is zipped on the fly
+into a temporary file that is streamed and then deleted. ``submit`` sends an ``Idempotency-Key`` (a fresh
 uuid unless given) and retries transient failures (connection errors, 502/503/504) with the same
 key, so a retry never creates a second job. Downloads are written to a temporary file, checked
 against the server's sha256 and renamed into place. Jobs are returned as the API's JSON dicts
@@ -20,15 +22,18 @@ import hashlib
 import json
 import logging
 import os
+import stat
+import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
-from autopaint.errors import AutopaintError
+from autopaint.errors import AutopaintError, InvalidInput
 from autopaint.fsutil import atomic_write_chunks
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,33 @@ log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
 RETRY_STATUS = (502, 503, 504)
 PathLike = str | os.PathLike[str]
+DICOM_ROLES = ("ct", "pet")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def zip_dicom_folder(folder: PathLike, dest: PathLike) -> Path:
+    """Zip every file under ``folder`` (recursively; hidden names skipped, as the DICOM reader does)
+    into ``dest`` with relative member names — the upload form of a DICOM series folder."""
+    root, dest = Path(folder), Path(dest)
+    n = 0
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for dirpath, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(x for x in names if not x.startswith(".")):
+                path = Path(dirpath) / name
+                if not path.is_file():
+                    continue
+                info = zipfile.ZipInfo(path.relative_to(root).as_posix(), date_time=_ZIP_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                with open(path, "rb") as src, zf.open(info, "w") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                n += 1
+    if n == 0:
+        dest.unlink(missing_ok=True)
+        raise InvalidInput(f"the DICOM folder {root.name!r} holds no files", code="not_dicom")
+    return dest
 
 
 class ApiError(AutopaintError):
@@ -105,10 +137,14 @@ class Client:
                organ_mask: PathLike | None = None, label: PathLike | None = None,
                params: dict[str, Any] | None = None, case_name: str | None = None,
                cohort_id: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Upload NIfTI files (streamed) and create a job; returns the job (state ``queued``).
+        """Upload the inputs (streamed) and create a job; returns the job (state ``queued``).
 
-        ``params``: :class:`autopaint.contracts.JobParams` fields (preset, modality, model, mode,
-        threshold, SUV fields). Only role names reach the server, never the local file names.
+        ``ct`` / ``pet``: a NIfTI file, or a DICOM series folder (zipped on the fly to a temporary
+        file, deleted afterwards; the server also takes a zip file as it is). ``organ_mask`` /
+        ``label``: NIfTI. ``params``: :class:`autopaint.contracts.JobParams` fields (preset,
+        modality, model, mode, threshold, the PET units: ``suv_already`` or the Bq/mL fields for a
+        NIfTI PET, nothing for a DICOM PET; ``ct_series_uid`` / ``pet_series_uid``). Only role names
+        reach the server, never the local file names.
         """
         key = idempotency_key or uuid.uuid4().hex
         roles = {"ct": ct, "pet": pet, "organ_mask": organ_mask, "label": label}
@@ -117,11 +153,26 @@ class Client:
             data["case_name"] = case_name
         if cohort_id:
             data["cohort_id"] = cohort_id
+        with tempfile.TemporaryDirectory(prefix="autopaint-upload-") as tmp:
+            sources = {role: self._upload_source(role, Path(path), Path(tmp))
+                       for role, path in roles.items() if path is not None}
+            return self._post_job(data, sources, key)
+
+    @staticmethod
+    def _upload_source(role: str, path: Path, tmp: Path) -> tuple[Path, str, str]:
+        """(file to stream, part filename, content type) of one input; a folder is zipped into ``tmp``."""
+        if path.is_dir():
+            if role not in DICOM_ROLES:
+                raise InvalidInput(f"{role} must be a NIfTI file, not a folder", code="bad_arguments")
+            return zip_dicom_folder(path, tmp / f"{role}.zip"), f"{role}.zip", "application/zip"
+        return path, f"{role}.nii.gz", "application/gzip"
+
+    def _post_job(self, data: dict[str, str], sources: dict[str, tuple[Path, str, str]], key: str) -> dict[str, Any]:
         for i in range(self.retries + 1):
             with contextlib.ExitStack() as stack:
                 files: dict[str, tuple[str, BinaryIO, str]] = {
-                    role: (f"{role}.nii.gz", stack.enter_context(open(path, "rb")), "application/gzip")
-                    for role, path in roles.items() if path is not None
+                    role: (name, stack.enter_context(open(path, "rb")), ctype)
+                    for role, (path, name, ctype) in sources.items()
                 }
                 try:
                     resp = self.http.post("/v1/jobs", data=data, files=files,

@@ -2,7 +2,10 @@
 
 A cohort folder holds one sub-folder per case with ``ct.nii.gz`` and/or ``pet.nii.gz`` (and
 optionally ``label.nii.gz``, ``organ_mask.nii.gz``), as ``autopaint.data.phantom.write_cohort``
-writes them. ``run_cohort`` keeps at most ``concurrency`` jobs in flight, shows one progress row
+writes them; a case's CT or PET may instead be a DICOM series folder ``ct/`` or ``pet/`` (zipped on
+the fly by :meth:`autopaint.client.Client.submit`). The same job parameters (the PET units included)
+go with every case; a case the server refuses (413/422, e.g. ``pet_units_implausible``) is recorded
+as failed with its error code and the others go on. ``run_cohort`` keeps at most ``concurrency`` jobs in flight, shows one progress row
 per case (rich), downloads each finished case to ``OUT/<case>/`` and writes ``OUT/summary.csv``.
 
 Resuming: ``OUT/cohort_state.json`` (rewritten atomically after every change) records the server
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autopaint.client import TERMINAL, Client, read_lesions
+from autopaint.client import TERMINAL, ApiError, Client, read_lesions
 from autopaint.fsutil import atomic_open, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ STATE_FILE = "cohort_state.json"
 SUMMARY_FILE = "summary.csv"
 ROLE_FILES = {"ct": "ct.nii.gz", "pet": "pet.nii.gz", "organ_mask": "organ_mask.nii.gz",
               "label": "label.nii.gz"}
+DICOM_DIRS = {"ct": "ct", "pet": "pet"}
+"""Roles a case may give as a DICOM series folder (used when the NIfTI file is absent)."""
 SUMMARY_FIELDS = ["case", "job_id", "state", "attempts", "error_code", "lesions", "dice",
                   "threshold", "seconds", "results_dir"]
 
@@ -56,10 +61,13 @@ class CohortSummary:
 
 
 def discover_cases(directory: Path) -> list[CohortCase]:
-    """Sub-folders of ``directory`` holding a CT or a PET, sorted by name."""
+    """Sub-folders of ``directory`` holding a CT or a PET (NIfTI file or DICOM folder), sorted by name."""
     cases = []
     for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
         files = {role: sub / fname for role, fname in ROLE_FILES.items() if (sub / fname).is_file()}
+        for role, dname in DICOM_DIRS.items():
+            if role not in files and (sub / dname).is_dir():
+                files[role] = sub / dname
         if "ct" in files or "pet" in files:
             cases.append(CohortCase(sub.name, files))
     return cases
@@ -116,7 +124,12 @@ class CaseRunner:
         if st.get("state") == "succeeded" and st.get("job_id"):
             job_id = str(st["job_id"])  # finished, only the download is missing
         else:
-            job_id = self._attach_or_submit(case, st)
+            try:
+                job_id = self._attach_or_submit(case, st)
+            except ApiError as exc:
+                if exc.status not in (413, 422):
+                    raise
+                return self._refused(case, exc, t0)
         job = self.client.wait(job_id, on_progress=lambda j: self._progress(case.name, j),
                                poll_s=self.poll_s)
         self.state.update(case.name, state=job["state"], attempts=job["attempts"],
@@ -148,6 +161,15 @@ class CaseRunner:
         self.state.update(case.name, job_id=job["id"], state=job["state"], downloaded=False)
         self._progress(case.name, job)
         return str(job["id"])
+
+    def _refused(self, case: CohortCase, exc: ApiError, t0: float) -> dict[str, Any]:
+        """The server refused the case's inputs: a failed row with the error code (resubmitted on a
+        restart, like any failed case)."""
+        log.warning("case %s refused: %s", case.name, exc)
+        self.state.update(case.name, state="failed", error_code=exc.code, job_id=None)
+        self.on_update(case.name, {"state": "failed", "progress": {}, "error_code": exc.code})
+        return {"case": case.name, "job_id": None, "state": "failed", "attempts": 0, "error_code": exc.code,
+                "seconds": round(time.monotonic() - t0, 2)}
 
     def _progress(self, name: str, job: dict[str, Any]) -> None:
         if job["state"] not in TERMINAL and job["state"] != self.state.case(name).get("state"):

@@ -56,6 +56,11 @@ class StoredInput(TypedDict):
     format: NotRequired[Literal["nifti", "dicom"]]
     series_instance_uid: NotRequired[str]
     modality: NotRequired[str]
+    view_key: NotRequired[str]
+    """A viewable NIfTI of a CT/PET input when the stored object is not one (a DICOM zip) or not in
+    SUV (a Bq/mL PET): CT in HU, PET in SUV, fresh header (``GET /v1/jobs/{id}/inputs/{role}``)."""
+    view_sha256: NotRequired[str]
+    view_bytes: NotRequired[int]
 
 
 class ArtifactRecord(TypedDict):

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from autopaint.contracts import QUEUE_CPU, QUEUE_GPU
 from autopaint.model_cards import DEFAULT_MODEL
 
+DICOM_UNPACK_FACTOR = 2
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTOPAINT_", extra="ignore")
@@ -35,17 +37,43 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)  # per request, counted on the stream
     max_voxels: int = Field(default=512 * 512 * 1200, gt=0)  # per input volume (declared in header)
+    # a DICOM zip (CT/PET): at most this many files, unpacking to at most DICOM_UNPACK_FACTOR x
+    # max_upload_bytes (real DICOM deflates 1-2x; see autopaint.imaging.dicom_zip)
+    max_dicom_files: int = Field(default=5000, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     soft_time_limit_s: int = Field(default=3600, gt=0)
     hard_time_limit_s: int = Field(default=3900, gt=0)
     visibility_timeout_s: int = Field(default=7200, gt=0)
-    lease_s: int = Field(default=300, gt=0)  # DB lease; renewed by the worker's heartbeat
+    # DB lease of a running job, renewed by the worker's heartbeat every lease_s / 3: a job whose
+    # worker died is re-run at the latest about one lease later (docs/RELIABILITY.md)
+    lease_s: int = Field(default=30, gt=0)
+    # the reconciler (in the API process): every reconcile_s seconds (default lease_s / 2; 0 = off)
+    # it re-queues RUNNING jobs whose lease expired and re-publishes QUEUED jobs no message will
+    # deliver (queued for more than stale_queued_s, default 2 x lease_s, with the queue empty)
+    reconcile_s: float | None = Field(default=None, ge=0)
+    stale_queued_s: float | None = Field(default=None, gt=0)
+    reconcile_batch: int = Field(default=100, gt=0)  # jobs re-published per pass at most
     progress_every_circles: int = Field(default=50, gt=0)
     default_model: str = DEFAULT_MODEL
     models_dir: Path | None = None  # default: autopaint.paths.models_dir()
     device: str = "auto"
     api_key_required: bool = True
     page_size_max: int = Field(default=200, gt=0)
+
+    @property
+    def reconcile_every_s(self) -> float:
+        """Seconds between two reconciler passes (0: the reconciler is off)."""
+        return self.lease_s / 2.0 if self.reconcile_s is None else self.reconcile_s
+
+    @property
+    def stale_queued_after_s(self) -> float:
+        """A QUEUED job older than this with an empty broker queue has lost its message."""
+        return 2.0 * self.lease_s if self.stale_queued_s is None else self.stale_queued_s
+
+    @property
+    def max_dicom_bytes(self) -> int:
+        """The unpacked size cap of one uploaded DICOM zip."""
+        return DICOM_UNPACK_FACTOR * self.max_upload_bytes
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> Settings:
@@ -62,6 +90,8 @@ class Settings(BaseSettings):
                 "visibility_timeout_s must exceed hard_time_limit_s, or the broker re-delivers "
                 "a job that is still running"
             )
+        if self.lease_s >= self.hard_time_limit_s:
+            raise ValueError("lease_s must be shorter than hard_time_limit_s (it is renewed while a job runs)")
         return self
 
     def resolved_models_dir(self) -> Path:

@@ -86,10 +86,15 @@ class Api:
         return {"Authorization": f"Bearer {self.key_a if who == 'a' else self.key_b}", **extra}
 
     def submit(self, files: dict[str, Path], params: dict[str, Any] | None = None, who: str = "a",
-               headers: dict[str, str] | None = None, **fields: str) -> Any:
+               headers: dict[str, str] | None = None, suv: bool = True, **fields: str) -> Any:
+        """POST /v1/jobs. ``suv``: state that a NIfTI PET is SUV (``suv_already: true``, the test
+        pairs' PET is) unless ``params`` state the units themselves."""
         parts: list[Any] = [(role, (f"{role}-upload.nii.gz", p.read_bytes(), "application/gzip"))
                             for role, p in files.items()]
-        data = {"params": json.dumps(params or {}), **fields}
+        params = dict(params or {})
+        if suv and "pet" in files and not {"suv_already", "weight_kg"} & set(params):
+            params["suv_already"] = True
+        data = {"params": json.dumps(params), **fields}
         return self.client.post("/v1/jobs", files=parts, data=data, headers=self.h(who, **(headers or {})))
 
     def job(self, job_id: str) -> Job:

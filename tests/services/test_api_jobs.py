@@ -316,9 +316,25 @@ ct, pet = write_pair(Path({str(tmp_path)!r}))
 assert api.submit({{"ct": ct, "pet": pet}}).status_code == 202
 api.client.get("/metrics"); api.client.get("/v1/models", headers=api.h())
 import services.api.routes_threshold as rt, autopaint.segment.outputs
+import autopaint.imaging.dicom_export, autopaint.imaging.dicom_zip  # DICOM in (ingest) and out (re-threshold)
 assert "torch" not in sys.modules, "torch imported"
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2],
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_contract_details_zone_allow_bounds_and_finished_progress(api: Api, pair: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """UTC timestamps carry their zone; a 405 names the allowed methods; an offset too large for the
+    database is a 422, not a 500; a finished job reports 100 %."""
+    jid = api.submit({"ct": pair[0], "pet": pair[1]}).json()["id"]
+    finish_with_results(api, jid, tmp_path)
+    body = api.client.get(f"/v1/jobs/{jid}", headers=api.h()).json()
+    assert body["created_at"].endswith(("Z", "+00:00")) and body["finished_at"].endswith(("Z", "+00:00"))
+    assert body["progress"]["fraction"] == 1.0 and body["progress"]["done"] == body["progress"]["total"]
+    r = api.client.put(f"/v1/jobs/{jid}", headers=api.h())
+    assert r.status_code == 405 and "GET" in r.headers.get("allow", "") and r.json()["code"] == "method_not_allowed"
+    r = api.client.get("/v1/jobs", params={"offset": 200334157366262988800}, headers=api.h())
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request"

@@ -46,7 +46,7 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _cli(url: str, key: str, cohort: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "AUTOPAINT_API_KEY": key, "COLUMNS": "120"}
     cmd = [sys.executable, "-m", "services.cli", "cohort", "submit", str(cohort), "--concurrency", "4",
-           "--out", str(out), "--url", url]
+           "--out", str(out), "--url", url, "--suv-already"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

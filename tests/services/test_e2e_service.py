@@ -24,6 +24,7 @@ from services.embedded import EmbeddedService
 from tests.services.workerkit import FAKE_ENV, api_key, free_port, make_settings, write_random_model
 
 ROOT = Path(__file__).resolve().parents[2]
+SUV = {"suv_already": True}  # the phantom PET is SUV; a NIfTI PET must say its units
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def test_upload_run_download_roundtrip(live: Client, phantom_dir: Path, tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
     job = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz",
-                      params={"preset": "thorax"}, case_name="case-1")
+                      params={"preset": "thorax", "suv_already": True}, case_name="case-1")
     assert job["state"] == "queued"
     job = live.wait(job["id"], on_progress=seen.append, poll_s=0.1, timeout=60)
     assert job["state"] == "succeeded", job
@@ -66,14 +67,14 @@ def test_upload_run_download_roundtrip(live: Client, phantom_dir: Path, tmp_path
 
 
 def test_idempotent_submit_returns_same_job(live: Client, phantom_dir: Path) -> None:
-    a = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz", idempotency_key="same-key")
-    b = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz", idempotency_key="same-key")
+    a = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz", params=SUV, idempotency_key="same-key")
+    b = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz", params=SUV, idempotency_key="same-key")
     assert a["id"] == b["id"]
     assert live.wait(a["id"], poll_s=0.2, timeout=60)["state"] == "succeeded"
 
 
 def test_other_key_gets_404(live: Client, phantom_dir: Path) -> None:
-    job = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz")
+    job = live.submit(ct=phantom_dir / "ct.nii.gz", pet=phantom_dir / "pet.nii.gz", params=SUV)
     with Client(str(live.http.base_url), live.second_key) as other:  # type: ignore[attr-defined]
         with pytest.raises(ApiError) as err:
             other.job(job["id"])
@@ -105,7 +106,7 @@ def test_real_pipeline_matches_cli_segment(request: pytest.FixtureRequest, tmp_p
     ct, pet = phantom_dir / "ct.nii.gz", phantom_dir / "pet.nii.gz"
     with service.running(), Client(service.url, api_key(settings)) as client:
         client.wait_ready(timeout=30)
-        job = client.submit(ct=ct, pet=pet, params={"preset": "thorax", "mode": "fast"})
+        job = client.submit(ct=ct, pet=pet, params={"preset": "thorax", "mode": "fast", **SUV})
         job = client.wait(job["id"], poll_s=0.5, timeout=1200)
         assert job["state"] == "succeeded", (job, service.worker_procs)
         client.download(job["id"], tmp_path / "service")

@@ -11,15 +11,28 @@ State machine (see DESIGN.md §5)::
 Every function takes an open ``Session``, commits its own transaction and returns plain values.
 Leases are conditional UPDATEs, so two workers that receive the same message (a re-delivery)
 cannot both run the job: only one UPDATE matches the row.
+
+Lease owners are ``host@pidns:pid`` (``lease_owner_id``); a process of the same host and PID
+namespace can tell that an owner is gone (``owner_is_gone``) and end its lease at once
+(``expire_gone_leases``). The reconciler (``services.api.reconciler``) also uses
+``reclaim_expired``, which turns a
+RUNNING job whose lease ran out (its worker died or lost the database) back into QUEUED (or
+FAILED when its attempts are used up), and ``claim_stale_queued`` picks QUEUED jobs that waited
+too long, stamping ``stage_started_at`` (the time the job entered the queue) so that several
+reconcilers re-publish each job at most once per period.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from autopaint.contracts import ArtifactRecord, JobState
@@ -29,6 +42,41 @@ from autopaint.progress import Stage
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_CODE = "max_attempts_exceeded"
+WORKER_LOST_CODE = "worker_lost"
+RECONCILER = "reconciler"  # lease owner while the reconciler ends a job
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (Linux ``/proc/self/ns/pid`` inode), '' where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid").rsplit("[", 1)[-1].rstrip("]")
+    except OSError:
+        return ""
+
+
+def lease_owner_id(pid: int | None = None) -> str:
+    """The lease owner a process writes on the rows it runs: ``host@pidns:pid`` (``host:pid``
+    where the PID namespace is unknown). The namespace makes the PID checkable: two containers may
+    share a host name, never a PID namespace."""
+    ns, pid = _pid_namespace(), pid or os.getpid()
+    return f"{socket.gethostname()}@{ns}:{pid}" if ns else f"{socket.gethostname()}:{pid}"
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """True only when ``owner`` (a :func:`lease_owner_id`) names a process of this host and PID
+    namespace that no longer runs, so it certainly does not run its job; False when it runs, or is
+    elsewhere (then only its lease's expiry tells). A reused PID looks alive: the safe side."""
+    if not owner or "@" not in owner:
+        return False
+    where, _, pid = owner.rpartition(":")
+    host, _, ns = where.rpartition("@")
+    if host != socket.gethostname() or not ns or ns != _pid_namespace() or not pid.isdigit():
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _get(session: Session, job_id: str) -> Job | None:
@@ -139,11 +187,14 @@ def set_progress(
     unit: str,
     circles_done: int | None = None,
     circles_total: int | None = None,
+    worker_id: str | None = None,
 ) -> None:
     """Record the current stage and its progress (``done`` of ``total`` ``unit``, e.g. slices);
-    on a stage change the previous stage's duration is added to ``timings``."""
+    on a stage change the previous stage's duration is added to ``timings``. Given ``worker_id``,
+    only while that worker holds the lease (a worker that lost it does not overwrite the next
+    attempt's progress)."""
     job = _get(session, job_id)
-    if job is None or job.state != JobState.RUNNING:
+    if job is None or job.state != JobState.RUNNING or (worker_id is not None and job.lease_owner != worker_id):
         session.rollback()
         return
     stage = Stage(stage)
@@ -241,10 +292,11 @@ def requeue_or_fail(session: Session, job_id: str, code: str, message: str) -> J
         session.rollback()
         return job.state
     if job.attempts < job.max_attempts and not job.cancel_requested:
-        _close_stage(job, utcnow())
+        now = utcnow()
+        _close_stage(job, now)
         job.state = JobState.QUEUED
         job.stage = Stage.queued
-        job.stage_started_at = None
+        job.stage_started_at = now  # back in the queue since now (see claim_stale_queued)
         job.lease_owner, job.lease_expires_at = None, None
         job.error_code, job.error_message = code, message[:4000]
         session.commit()
@@ -292,3 +344,133 @@ def request_cancel(session: Session, job_id: str) -> JobState:
     session.commit()
     job = _get(session, job_id)
     return job.state if job is not None else JobState.CANCELLED
+
+
+@dataclass
+class Reclaimed:
+    """What :func:`reclaim_expired` did: ``requeued`` (job id, queue) pairs to publish again, and
+    the ids it ``failed`` (attempts used up) or ``cancelled`` (a cancel was pending)."""
+
+    requeued: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+def expire_gone_leases(session: Session, job_id: str | None = None) -> list[str]:
+    """End now the leases of RUNNING jobs (``job_id`` only, when given) whose owner is a process of
+    this host that is gone (:func:`owner_is_gone`): a killed worker's job can then be taken over at
+    once instead of one lease later. Conditional on the owner, so a new lease is never touched.
+    Returns the job ids."""
+    stmt = select(Job.id, Job.lease_owner).where(Job.state == JobState.RUNNING, Job.lease_owner.is_not(None))
+    if job_id is not None:
+        stmt = stmt.where(Job.id == job_id)
+    rows = session.execute(stmt).all()
+    session.rollback()
+    expired: list[str] = []
+    for jid, owner in rows:
+        if not owner_is_gone(owner):
+            continue
+        res = session.execute(
+            update(Job).where(Job.id == jid, Job.state == JobState.RUNNING, Job.lease_owner == owner)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            log.warning("job %s: its lease holder %s is gone; lease ended", jid, owner)
+            expired.append(jid)
+    return expired
+
+
+def reclaim_expired(session: Session, limit: int = 100) -> Reclaimed:
+    """RUNNING jobs whose lease expired (the worker stopped renewing it: it died, or lost the
+    database) -> QUEUED with code ``worker_lost`` while attempts < max_attempts, else FAILED
+    (``max_attempts_exceeded``); a pending cancel -> CANCELLED. At most ``limit`` jobs.
+
+    Each transition is a conditional UPDATE on the expired lease, so it races safely with a
+    worker re-taking the lease (``lease_job``) or renewing it (``heartbeat``): one wins.
+    """
+    out = Reclaimed()
+    now = utcnow()
+    expired = and_(Job.state == JobState.RUNNING,
+                   or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+    rows = session.execute(
+        select(Job.id, Job.queue, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.lease_owner)
+        .where(expired).order_by(Job.lease_expires_at).limit(limit)
+    ).all()
+    session.rollback()
+    for job_id, queue, attempts, max_attempts, cancel, owner in rows:
+        if cancel:
+            if _terminate_if(session, job_id, expired, JobState.CANCELLED):
+                out.cancelled.append(job_id)
+            continue
+        message = (f"attempt {attempts} of {max_attempts}: the worker ({owner or 'unknown'}) stopped "
+                   f"renewing its lease (it died or lost the database)")
+        if attempts >= max_attempts:
+            if _terminate_if(session, job_id, expired, JobState.FAILED, error_code=MAX_ATTEMPTS_CODE,
+                             error_message=f"the job was attempted {attempts} times (maximum "
+                                           f"{max_attempts}); last error: {message}"):
+                out.failed.append(job_id)
+                log.warning("job %s failed: %s", job_id, message)
+            continue
+        res = session.execute(
+            update(Job).where(Job.id == job_id, expired)
+            .values(state=JobState.QUEUED, stage=Stage.queued, stage_started_at=now,
+                    lease_owner=None, lease_expires_at=None, error_code=WORKER_LOST_CODE,
+                    error_message=message)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            out.requeued.append((job_id, queue))
+            log.warning("job %s re-queued: %s", job_id, message)
+    return out
+
+
+def _terminate_if(session: Session, job_id: str, condition: Any, state: JobState, **fields: object) -> bool:
+    """``_terminate`` when ``condition`` holds: the row is first taken by a conditional UPDATE
+    (lease owner ``reconciler``), so no worker can lease it in between."""
+    res = session.execute(update(Job).where(Job.id == job_id, condition)
+                          .values(lease_owner=RECONCILER, lease_expires_at=utcnow() + timedelta(minutes=10))
+                          .execution_options(synchronize_session=False))
+    session.commit()
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    return _terminate(session, job_id, state, **fields)
+
+
+def claim_stale_queued(session: Session, older_than_s: float, queues: set[str] | None = None,
+                       limit: int = 100) -> list[tuple[str, str]]:
+    """QUEUED jobs (oldest first, at most ``limit``, in ``queues`` when given) that entered the
+    queue more than ``older_than_s`` seconds ago; each returned job was stamped as re-queued now
+    by a conditional UPDATE, so concurrent callers never return the same job in one period."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    since = func.coalesce(Job.stage_started_at, Job.created_at)
+    stale = and_(Job.state == JobState.QUEUED, Job.cancel_requested.is_(False), since < cutoff)
+    stmt = select(Job.id, Job.queue).where(stale).order_by(since).limit(limit)
+    if queues is not None:
+        stmt = stmt.where(Job.queue.in_(sorted(queues)))
+    rows = session.execute(stmt).all()
+    session.rollback()
+    won: list[tuple[str, str]] = []
+    for job_id, queue in rows:
+        res = session.execute(update(Job).where(Job.id == job_id, stale).values(stage_started_at=now)
+                              .execution_options(synchronize_session=False))
+        session.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            won.append((job_id, queue))
+    return won
+
+
+def queued_queues(session: Session, older_than_s: float) -> dict[str, int]:
+    """Queues holding QUEUED jobs that entered the queue more than ``older_than_s`` seconds ago,
+    with their counts."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    since = func.coalesce(Job.stage_started_at, Job.created_at)
+    rows = session.execute(
+        select(Job.queue, func.count()).where(Job.state == JobState.QUEUED, Job.cancel_requested.is_(False),
+                                              since < cutoff).group_by(Job.queue)
+    ).all()
+    session.rollback()
+    return {q: int(n) for q, n in rows}

@@ -1,7 +1,7 @@
 """The storage protocol shared by the API (inputs) and the worker (results).
 
 Keys are POSIX-style relative paths built by the service only, never from client filenames:
-``jobs/<job_id>/inputs/<role>.nii.gz`` and ``jobs/<job_id>/results/<name>``.
+``jobs/<job_id>/inputs/<role>.nii.gz`` (or ``<role>.dicom.zip``) and ``jobs/<job_id>/results/<name>``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def check_key(key: str) -> str:
     return key
 
 
-def input_key(job_id: str, role: str) -> str:
-    return check_key(f"jobs/{job_id}/inputs/{role}.nii.gz")
+INPUT_SUFFIX = {"nifti": ".nii.gz", "dicom": ".dicom.zip"}
+"""Stored input format -> the suffix of its key (``contracts.StoredInput.format``)."""
+
+
+def input_key(job_id: str, role: str, fmt: str = "nifti") -> str:
+    """``jobs/<id>/inputs/<role>.nii.gz`` (a re-written NIfTI) or ``<role>.dicom.zip`` (a DICOM series)."""
+    return check_key(f"jobs/{job_id}/inputs/{role}{INPUT_SUFFIX[fmt]}")
 
 
 def result_key(job_id: str, name: str) -> str:
