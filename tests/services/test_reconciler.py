@@ -35,8 +35,9 @@ def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionm
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'db.sqlite'}"
         upgrade(url)
-    else:
-        url = request.getfixturevalue("pg_url")
+    else:  # a database of its own: the reconciler scans every row, other tests' jobs would show up
+        url = request.getfixturevalue("make_pg_database")()
+        upgrade(url)
     engine = make_engine(url)
     yield make_session_factory(engine)
     engine.dispose()
