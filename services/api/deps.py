@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,21 +47,30 @@ def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Sessio
         yield session
 
 
-def _token(authorization: str | None, x_api_key: str | None) -> str | None:
-    if x_api_key:
+# The security schemes only read the headers (auto_error=False: no FastAPI 403); FastAPI puts them
+# in the OpenAPI document (components.securitySchemes + each route's ``security``, so Swagger UI has
+# an Authorize button) and ``require_owner`` answers our own 401 JSON error.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer",
+                           description="API key: `Authorization: Bearer ap_...` (`autopaint admin create-key`)")
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                              description="the same API key in `X-API-Key` (alternative to Authorization)")
+
+
+def _token(bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None) -> str | None:
+    if x_api_key and x_api_key.strip():
         return x_api_key.strip()
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
+    if bearer is not None and bearer.credentials.strip():
+        return bearer.credentials.strip()
     return None
 
 
 def require_owner(
     ctx: Annotated[AppContext, Depends(get_ctx)],
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
-    x_api_key: Annotated[str | None, Header(description="API key (alternative to Authorization)")] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)] = None,
 ) -> str:
     """The id of the caller's API key (``anonymous`` when keys are not required)."""
-    token = _token(authorization, x_api_key)
+    token = _token(bearer, x_api_key)
     if token is None:
         if not ctx.settings.api_key_required:
             return ANONYMOUS_OWNER

@@ -1,4 +1,9 @@
-"""One mapping from exceptions to HTTP answers: JSON ``{"code", "detail"}`` everywhere."""
+"""One mapping from exceptions to HTTP answers: JSON ``{"code", "detail"}`` everywhere.
+
+Storage faults: ``StorageFull`` (``ENOSPC``/``EDQUOT``) -> 507 ``storage_full``; ``StorageUnavailable``
+(read-only, permissions, I/O) -> 503 ``storage_unavailable``; a bare ``OSError`` with one of those
+errnos (e.g. the upload's temp file in ``state/uploads``) is answered the same way. Anything else
+unhandled -> 500 ``internal_error`` (logged with its traceback; the body carries none)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autopaint.errors import AutopaintError, InvalidInput, ModelError
-from autopaint.storage import UploadTooLarge
+from autopaint.storage import StorageFull, StorageUnavailable, UploadTooLarge, storage_error_from
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,42 @@ def error_body(code: str, detail: str) -> dict[str, str]:
     return {"code": code, "detail": detail}
 
 
+STORAGE_RETRY_AFTER = "60"
+
+
+def storage_response(exc: StorageFull | StorageUnavailable) -> JSONResponse:
+    status = 507 if isinstance(exc, StorageFull) else 503
+    return JSONResponse(error_body(exc.code, str(exc)), status_code=status,
+                        headers={"Retry-After": STORAGE_RETRY_AFTER})
+
+
+def internal_error() -> JSONResponse:
+    return JSONResponse(error_body("internal_error", "internal server error; the server logged the details"),
+                        status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StorageFull)
+    @app.exception_handler(StorageUnavailable)
+    async def _storage(_req: Request, exc: StorageFull | StorageUnavailable) -> JSONResponse:
+        return storage_response(exc)
+
+    @app.exception_handler(OSError)
+    async def _os_error(req: Request, exc: OSError) -> JSONResponse:
+        mapped = storage_error_from(exc)
+        if isinstance(mapped, StorageFull | StorageUnavailable):
+            log.error("%s %s: storage fault: %s", req.method, req.url.path, exc)
+            return storage_response(mapped)
+        log.error("%s %s: unhandled %s", req.method, req.url.path, type(exc).__name__, exc_info=exc)
+        return internal_error()
+
+    @app.exception_handler(Exception)
+    async def _unhandled(req: Request, exc: Exception) -> JSONResponse:
+        # Starlette runs this in its outermost middleware: the answer is our JSON, not "Internal
+        # Server Error" in plain text (the exception is still re-raised there for the server's log)
+        log.error("%s %s: unhandled %s", req.method, req.url.path, type(exc).__name__, exc_info=exc)
+        return internal_error()
+
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status, headers=exc.headers)

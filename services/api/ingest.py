@@ -5,8 +5,10 @@ NIfTI, per file (DESIGN.md §5.6, §5.8): (1) while streaming, the first 64 KiB 
 (2) the complete file goes through ``validate_nifti`` (gzip-bomb safe: bounded by the declared
 voxel count) and, with both CT and PET, ``validate_pair`` (overlap of the world boxes); (3) the
 volume is re-written through ``autopaint.imaging.io.write_volume`` (a fresh header: no descrip,
-aux_file, intent_name, db_name, no extensions) keeping its stored dtype; (4) that clean file is
-put in storage under ``jobs/<id>/inputs/<role>.nii.gz`` and its sha256 recorded.
+aux_file, intent_name, db_name, no extensions) keeping its stored dtype — streamed in z-slabs of about
+``SLAB_BYTES`` (:func:`write_clean_nifti`: the API never holds a whole CT; the same bytes as
+``write_volume`` gives); (4) that clean file is put in storage under ``jobs/<id>/inputs/<role>.nii.gz``
+and its sha256 recorded. (A NIfTI PET whose units are checked is read whole: the rule needs its values.)
 
 DICOM (CT or PET uploaded as a zip of one series, told by content): (1) unpacked safely
 (``imaging.dicom_zip.extract_series_zip``: traversal, links, bombs -> ``bad_zip`` /
@@ -26,6 +28,7 @@ its units. These run in a worker thread (numpy, SimpleITK, pydicom); the API nev
 
 from __future__ import annotations
 
+import gzip
 import logging
 import shutil
 import stat
@@ -51,6 +54,8 @@ VALIDATE_ROLE: dict[str, Role] = {"ct": "ct", "pet": "pet", "organ_mask": "mask"
 DICOM_MODALITY = {"ct": "CT", "pet": "PT"}
 """The DICOM Modality a CT / PET series must have."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same series always zips to the same bytes
+SLAB_BYTES = 16 << 20
+"""About how many voxel bytes :func:`write_clean_nifti` holds at once."""
 
 
 @dataclass(frozen=True)
@@ -174,13 +179,68 @@ def zip_series(files: list[str], dest: Path) -> Path:
     return dest
 
 
+def write_clean_nifti(src: Path, dest: Path, slab_bytes: int = SLAB_BYTES) -> Path:
+    """Re-write the NIfTI ``src`` to ``dest`` (.nii.gz) with a fresh header, streaming its voxels in
+    z-slabs of about ``slab_bytes``: the bytes of ``write_volume(read_volume(src, dtype=None), dest,
+    dtype=<its dtype>)`` (stored dtype, native byte order; float32 when the file is scaled — that path
+    gave float64 there, as ``read_volume`` misses a loaded image's scaling; trailing
+    singleton dims dropped, 2D as (I, J, 1)) without holding the volume. Atomic (``atomic_path``)."""
+    import nibabel as nib
+    import numpy as np
+
+    from autopaint.fsutil import atomic_path
+
+    img = nib.load(str(src), keep_file_open=True)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InvalidInput("not a NIfTI image", code="not_nifti")
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise InvalidInput(f"expected a 3D image, got shape {img.shape}", code="too_many_dims")
+    # a loaded image keeps its scaling on the proxy (the header's scl_* read NaN then)
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    scaled = slope != 1.0 or inter != 0.0
+    dtype = np.dtype(np.float32) if scaled else img.get_data_dtype().newbyteorder("=")
+    # the header write_volume makes (nibabel fills dims, pixdim, vox_offset): from a zero-stride array
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(dtype)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    out = nib.Nifti1Image(np.broadcast_to(np.zeros((), dtype), shape), affine, header=hdr)
+    out.set_sform(affine, code=1)
+    out.set_qform(affine, code=1)
+    out.header.set_xyzt_units(xyz="mm", t="sec")
+    out.header.set_slope_inter(1.0, 0.0)
+    out.update_header()
+    header = out.header
+    header.set_data_offset(header.single_vox_offset)
+    proxy = img.dataobj
+    nz = max(1, slab_bytes // max(1, shape[0] * shape[1] * dtype.itemsize))
+    extra = (0,) * (len(img.shape) - 3) if len(img.shape) > 3 else ()
+    with atomic_path(dest) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:
+        header.write_to(fh)
+        for z0 in range(0, shape[2], nz):
+            if len(img.shape) == 2:
+                slab = np.asarray(proxy[:, :])[:, :, np.newaxis]
+            else:
+                slab = np.asarray(proxy[(slice(None), slice(None), slice(z0, z0 + nz), *extra)])
+            if np.issubdtype(dtype, np.integer):
+                info = np.iinfo(dtype)
+                slab = np.clip(slab, info.min, info.max)
+            fh.write(slab.astype(dtype, copy=False).tobytes(order="F"))
+    return dest
+
+
 def sanitize_and_store(
     storage: Storage, job_id: str, paths: dict[str, Path], workdir: Path,
     dicom: Mapping[str, DicomSeries] | None = None, suv: SuvInputs | None = None,
 ) -> dict[str, StoredInput]:
     """Check the PET's units (when ``suv`` is given), then store each input: a NIfTI re-written with
     a fresh header, a DICOM series as a fresh zip of its files. Returns ``{role: StoredInput}``."""
-    from autopaint.imaging.io import read_volume, write_volume
+    from autopaint.imaging.io import read_volume
 
     dicom = dict(dicom or {})
     stored: dict[str, StoredInput] = {}
@@ -197,9 +257,12 @@ def sanitize_and_store(
                                        modality=DICOM_MODALITY[role],
                                        **_store_view(storage, job_id, role, view, workdir))  # type: ignore[typeddict-item]
             continue
-        vol = read_volume(paths[role], dtype=None)
-        suv_pet = check_pet_units(vol, None, suv) if role == "pet" and suv is not None else None
-        clean = write_volume(vol, workdir / f"clean-{role}.nii.gz", dtype=vol.data.dtype)
+        suv_pet = None
+        if role == "pet" and suv is not None:  # the units rule needs the PET's values
+            vol = read_volume(paths[role], dtype=None)
+            suv_pet = check_pet_units(vol, None, suv)
+            del vol
+        clean = write_clean_nifti(paths[role], workdir / f"clean-{role}.nii.gz")
         key = input_key(job_id, role)
         sha, n = storage.put_file(key, clean)
         stored[role] = StoredInput(key=key, sha256=sha, bytes=n, format="nifti")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import shutil
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -19,7 +27,7 @@ from autopaint.db import jobs as repo
 from autopaint.errors import InvalidInput
 from autopaint.imaging.modality import check_model_modality, check_roles
 from autopaint.model_cards import list_cards
-from autopaint.storage import UploadTooLarge, job_prefix
+from autopaint.storage import StorageError, UploadTooLarge, job_prefix
 from services.api.deps import AppContext, Ctx, DbSession, Owner
 from services.api.errors import ApiError, not_found
 from services.api.ingest import (
@@ -36,7 +44,112 @@ from services.api.uploads import ParsedUpload, parse_upload
 from services.api.views import job_out
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def clean_uploads(uploads: Path, max_age_s: float, now: float | None = None) -> int:
+    """Remove leftover upload temp folders (``state/uploads/*``) older than ``max_age_s`` (a crashed
+    or killed API leaves them); returns how many were removed."""
+    if not uploads.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    removed = 0
+    for entry in uploads.iterdir():
+        try:
+            if now - entry.lstat().st_mtime < max_age_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.info("upload janitor: removed %d leftover upload folder(s) from %s", removed, uploads)
+    return removed
+
+
+def _sole_user(state_dir: Path) -> bool:
+    """True when this process holds the state folder's serve lock (``autopaint serve``, embedded: the
+    lock file holds its PID): no other API can have uploads in flight there."""
+    try:
+        return (state_dir / "serve.lock").read_text().strip() == str(os.getpid())
+    except OSError:
+        return False
+
+
+@asynccontextmanager
+async def _janitor_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At API start: the upload janitor — every leftover when this process is the state folder's
+    only serve, else those older than ``upload_janitor_age_s`` (other API replicas may share it)."""
+    ctx = getattr(app.state, "ctx", None)
+    if ctx is not None:
+        s = ctx.settings
+        age = 0.0 if _sole_user(s.state_dir) else s.upload_janitor_age_s
+        await asyncio.to_thread(clean_uploads, s.state_dir / "uploads", age)
+    yield
+
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], lifespan=_janitor_lifespan)
+
+
+@dataclass
+class UploadLimits:
+    """Per-app upload counters, touched only on the event loop (no lock needed): uploads in flight
+    per key, and a semaphore on the memory-heavy validate + re-write + store step."""
+
+    ingests: asyncio.Semaphore
+    per_key: Counter[str] = field(default_factory=Counter)
+
+
+def _limits(request: Request, ctx: AppContext) -> UploadLimits:
+    lim: UploadLimits | None = getattr(request.app.state, "upload_limits", None)
+    if lim is None:
+        lim = UploadLimits(asyncio.Semaphore(ctx.settings.max_concurrent_ingests))
+        request.app.state.upload_limits = lim
+    return lim
+
+
+def _check_active_jobs(ctx: AppContext, owner: str) -> None:
+    """429 ``too_many_jobs`` when the key already has ``max_active_jobs_per_key`` queued or running jobs."""
+    cap = ctx.settings.max_active_jobs_per_key
+    with ctx.sessions() as s:
+        n = int(s.scalar(select(func.count()).select_from(Job).where(
+            Job.owner_key_id == owner, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))) or 0)
+    if n >= cap:
+        ctx.metrics.rejections.labels("too_many_jobs").inc()
+        raise ApiError(429, "too_many_jobs", f"this key has {n} queued or running jobs (limit {cap}); wait for "
+                       "some to finish", headers={"Retry-After": "60"})
+
+
+async def _idle_limited(stream: AsyncIterator[bytes], idle_s: float) -> AsyncIterator[bytes]:
+    """``stream`` with at most ``idle_s`` seconds between two chunks; else 408 ``upload_timeout``."""
+    it = stream.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(408, "upload_timeout", f"no upload bytes received for {idle_s:g} s",
+                           headers={"Connection": "close"}) from None
+        yield chunk
+
+
+@asynccontextmanager
+async def _ingest_slot(ctx: AppContext, lim: UploadLimits) -> AsyncIterator[None]:
+    """One of ``max_concurrent_ingests`` slots, waiting at most ``ingest_wait_s``; else 503 ``busy``."""
+    try:
+        await asyncio.wait_for(lim.ingests.acquire(), timeout=max(ctx.settings.ingest_wait_s, 0.001))
+    except TimeoutError:
+        ctx.metrics.rejections.labels("busy").inc()
+        raise ApiError(503, "busy", "the server is validating other uploads; try again shortly",
+                       headers={"Retry-After": "10"}) from None
+    try:
+        yield
+    finally:
+        lim.ingests.release()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or invalid API key"},
@@ -146,6 +259,24 @@ async def submit_job(
     if declared and declared.isdigit() and int(declared) > s.max_upload_bytes:
         ctx.metrics.rejections.labels("upload_too_large").inc()
         raise UploadTooLarge(f"the upload ({declared} bytes) exceeds {s.max_upload_bytes} bytes")
+    lim = _limits(request, ctx)
+    if lim.per_key[owner] >= s.max_uploads_per_key:
+        ctx.metrics.rejections.labels("too_many_uploads").inc()
+        raise ApiError(429, "too_many_uploads", f"this key already has {lim.per_key[owner]} uploads in progress "
+                       f"(limit {s.max_uploads_per_key})", headers={"Retry-After": "10"})
+    await run_in_threadpool(_check_active_jobs, ctx, owner)
+    lim.per_key[owner] += 1
+    try:
+        return await _submit(request, ctx, owner, idempotency_key, lim)
+    finally:
+        lim.per_key[owner] -= 1
+        if lim.per_key[owner] <= 0:
+            del lim.per_key[owner]
+
+
+async def _submit(request: Request, ctx: AppContext, owner: str, idempotency_key: str | None,
+                  lim: UploadLimits) -> Response:
+    s = ctx.settings
     job_id = new_id()
     tmp = s.state_dir / "uploads" / job_id
     tmp.mkdir(parents=True)
@@ -153,17 +284,18 @@ async def submit_job(
     stored = False
     try:
         parsed: ParsedUpload = await parse_upload(
-            request.headers.get("content-type", ""), request.stream(), tmp, s.max_upload_bytes,
-            lambda f: None if f.is_dicom_zip else check_head(f.head, limits))
+            request.headers.get("content-type", ""), _idle_limited(request.stream(), s.upload_idle_timeout_s),
+            tmp, s.max_upload_bytes, lambda f: None if f.is_dicom_zip else check_head(f.head, limits))
         zips = {role: f.path for role, f in parsed.files.items() if f.is_dicom_zip}
         params = _params(ctx, parsed.fields, set(parsed.files), pet_is_dicom="pet" in zips)
         cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
         paths = {role: f.path for role, f in parsed.files.items() if role not in zips}
-        dicom = await run_in_threadpool(read_dicom_inputs, zips, tmp, DicomCaps.from_settings(s),
-                                        params.series_uids())
-        await run_in_threadpool(validate_files, paths, limits, dicom)
-        stored = True
-        inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp, dicom, params)
+        async with _ingest_slot(ctx, lim):  # the memory-heavy part: bounded how many run at once
+            dicom = await run_in_threadpool(read_dicom_inputs, zips, tmp, DicomCaps.from_settings(s),
+                                            params.series_uids())
+            await run_in_threadpool(validate_files, paths, limits, dicom)
+            stored = True
+            inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp, dicom, params)
         job = Job(id=job_id, owner_key_id=owner, cohort_id=cohort_id,
                   case_name=(parsed.fields.get("case_name") or "").strip()[:200] or None, state=JobState.QUEUED,
                   params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
@@ -177,10 +309,13 @@ async def submit_job(
         ctx.metrics.jobs_submitted.inc()
         log.info("job %s accepted (%d bytes, roles %s)", job_id, parsed.received_bytes, sorted(inputs))
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
-    except (InvalidInput, UploadTooLarge) as exc:
+    except (InvalidInput, UploadTooLarge, StorageError) as exc:
         ctx.metrics.rejections.labels(exc.code).inc()
         if stored:
-            ctx.storage.delete_prefix(job_prefix(job_id))
+            try:
+                ctx.storage.delete_prefix(job_prefix(job_id))
+            except OSError:  # a read-only storage: nothing was written there either
+                log.warning("job %s: could not delete its partial inputs", job_id)
         raise
     except BaseException:
         if stored:
@@ -263,20 +398,37 @@ def list_results(job_id: str, session: DbSession, owner: Owner) -> ResultsOut:
     return ResultsOut(job_id=job_id, state=job.state, artifacts=[_artifact_out(job_id, a) for a in arts])
 
 
+RESULT_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
+"""On every result download (and its HEAD): never sniffed into another type, never cached by a
+shared or the browser's cache (patient data)."""
+
+
+def _result_artifact(job_id: str, name: str, session: DbSession, owner: str, ctx: AppContext) -> tuple[Artifact, dict[str, str]]:
+    _owned_job(session, owner, job_id)
+    art = session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).first()
+    if art is None or not ctx.storage.exists(art.storage_key):
+        raise ApiError(404, "not_found", "no such result")
+    headers = {"Content-Length": str(art.bytes), "ETag": f'"{art.sha256}"', "X-Content-SHA256": art.sha256,
+               "Content-Disposition": f'attachment; filename="{art.name}"', **RESULT_HEADERS}
+    return art, headers
+
+
 @router.get(
     "/{job_id}/results/{name}",
     summary="Download one result file (streamed)",
     responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
 )
 def get_result(job_id: str, name: str, session: DbSession, owner: Owner, ctx: Ctx) -> StreamingResponse:
-    _owned_job(session, owner, job_id)
-    art = session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)).first()
-    if art is None or not ctx.storage.exists(art.storage_key):
-        raise ApiError(404, "not_found", "no such result")
-    headers = {"Content-Length": str(art.bytes), "ETag": f'"{art.sha256}"', "X-Content-SHA256": art.sha256,
-               "Content-Disposition": f'attachment; filename="{art.name}"'}
+    art, headers = _result_artifact(job_id, name, session, owner, ctx)
     return StreamingResponse(ctx.storage.iter_chunks(art.storage_key), media_type=art.content_type,
                              headers=headers)
+
+
+@router.head("/{job_id}/results/{name}", include_in_schema=False)
+def head_result(job_id: str, name: str, session: DbSession, owner: Owner, ctx: Ctx) -> Response:
+    """The GET's status and headers (size, sha256, ETag...), no body."""
+    art, headers = _result_artifact(job_id, name, session, owner, ctx)
+    return Response(status_code=200, media_type=art.content_type, headers=headers)
 
 
 @router.get(

@@ -1,5 +1,6 @@
-"""Operations: ``/healthz``, ``/readyz`` (database + broker; in the embedded service also ``workers``:
-the worker processes alive, not ready at 0), ``/metrics`` and ``GET /v1/models``."""
+"""Operations: ``/healthz``, ``/readyz`` (database + broker + ``storage``: a small write + delete in the
+storage root, false when full or read-only; in the embedded service also ``workers``: the worker
+processes alive, not ready at 0), ``/metrics`` and ``GET /v1/models``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from autopaint.model_cards import list_cards
+from autopaint.storage import probe_storage
 from services.api.deps import Ctx, Owner
 from services.api.schemas import ModelOut, ReadyOut
 
@@ -35,14 +37,17 @@ def _db_ok(ctx: Ctx) -> bool:
 
 
 @router.get("/readyz", response_model=ReadyOut,
-            summary="Readiness: database and broker reachable (embedded: and a worker alive)",
+            summary="Readiness: database and broker reachable, storage writable (embedded: and a worker alive)",
             responses={503: {"model": ReadyOut}})
 async def readyz(ctx: Ctx) -> JSONResponse:
     db = await run_in_threadpool(_db_ok, ctx)
     broker = await run_in_threadpool(ctx.publisher.ping)
+    storage = await run_in_threadpool(probe_storage, ctx.storage)
+    if not storage:
+        log.warning("readyz: storage not writable")
     workers = ctx.worker_status() if ctx.worker_status is not None else None
-    ready = db and broker and (workers is None or workers > 0)
-    body = ReadyOut(ready=ready, database=db, broker=broker, workers=workers)
+    ready = db and broker and storage and (workers is None or workers > 0)
+    body = ReadyOut(ready=ready, database=db, broker=broker, workers=workers, storage=storage)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if body.ready else 503)
 
 

@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from autopaint.contracts import JobState
+from autopaint.progress import Stage
+
 JOB_ID_EXAMPLE = "3f2a9c1e5b7d4e8f9a0b1c2d3e4f5a6b"
 
 
@@ -19,23 +22,38 @@ UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class ErrorOut(BaseModel):
-    code: str = Field(examples=["too_many_voxels"])
-    detail: str = Field(examples=["declared 900000000 voxels, limit 314572800"])
+    """Every 4xx/5xx body: RFC 9457 (was 7807) problem details plus our stable ``code``.
+
+    ``code`` and ``detail`` are always there; ``type``, ``title`` and ``status`` are the RFC's
+    optional members (``type`` defaults to ``about:blank``: the HTTP status says it all)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"type": "about:blank", "title": "Unprocessable Content", "status": 422,
+                                         "code": "too_many_voxels",
+                                         "detail": "declared 900000000 voxels, limit 314572800"}]}
+    )
+
+    type: str = Field("about:blank", description="URI of the problem type (RFC 9457)")
+    title: str | None = Field(None, description="short summary of the HTTP status", examples=["Unauthorized"])
+    status: int | None = Field(None, ge=100, le=599, description="the HTTP status code", examples=[422])
+    code: str = Field(description="stable machine-readable error code", examples=["too_many_voxels"])
+    detail: str = Field(description="what went wrong, for a person",
+                        examples=["declared 900000000 voxels, limit 314572800"])
 
 
 class InputOut(BaseModel):
     sha256: str
-    bytes: int
+    bytes: int = Field(ge=0)
 
 
 class ProgressOut(BaseModel):
-    stage: str = Field(examples=["searching"])
-    done: int = Field(description="units done in this stage", examples=[37])
-    total: int = Field(description="units in this stage (0 = unknown)", examples=[120])
+    stage: Stage = Field(examples=["searching"])
+    done: int = Field(ge=0, description="units done in this stage", examples=[37])
+    total: int = Field(ge=0, description="units in this stage (0 = unknown)", examples=[120])
     unit: str = Field(examples=["slices"])
-    circles_done: int = Field(examples=[5400])
-    circles_total: int = Field(examples=[17000])
-    fraction: float | None = Field(description="done / total of the current stage", examples=[0.31])
+    circles_done: int = Field(ge=0, examples=[5400])
+    circles_total: int = Field(ge=0, examples=[17000])
+    fraction: float | None = Field(ge=0.0, description="done / total of the current stage", examples=[0.31])
 
 
 class JobOut(BaseModel):
@@ -59,14 +77,14 @@ class JobOut(BaseModel):
     )
 
     id: str
-    state: str
+    state: JobState
     cohort_id: str | None = None
     case_name: str | None = None
     progress: ProgressOut
-    queue_position: int | None = Field(None, description="1 = next to run; only while queued")
-    eta_s: float | None = Field(None, description="estimated seconds until finished, from recent jobs")
-    attempts: int
-    max_attempts: int
+    queue_position: int | None = Field(None, ge=1, description="1 = next to run; only while queued")
+    eta_s: float | None = Field(None, ge=0.0, description="estimated seconds until finished, from recent jobs")
+    attempts: int = Field(ge=0)
+    max_attempts: int = Field(ge=1)
     params: dict[str, Any]
     inputs: dict[str, InputOut]
     model_name: str | None = None
@@ -84,15 +102,15 @@ class JobOut(BaseModel):
 
 class JobPage(BaseModel):
     items: list[JobOut]
-    total: int = Field(description="jobs matching the filters")
-    offset: int
-    limit: int
-    next_offset: int | None = None
+    total: int = Field(ge=0, description="jobs matching the filters")
+    offset: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    next_offset: int | None = Field(None, ge=0)
 
 
 class ArtifactOut(BaseModel):
     name: str = Field(examples=["mask.nii.gz"])
-    bytes: int
+    bytes: int = Field(ge=0)
     sha256: str
     content_type: str
     url: str = Field(examples=[f"/v1/jobs/{JOB_ID_EXAMPLE}/results/mask.nii.gz"])
@@ -100,7 +118,7 @@ class ArtifactOut(BaseModel):
 
 class ResultsOut(BaseModel):
     job_id: str
-    state: str
+    state: JobState
     artifacts: list[ArtifactOut]
 
 
@@ -128,9 +146,9 @@ class CohortIn(BaseModel):
 class CohortCase(BaseModel):
     job_id: str
     case_name: str | None
-    state: str
-    stage: str
-    fraction: float | None
+    state: JobState
+    stage: Stage
+    fraction: float | None = Field(ge=0.0)
     error_code: str | None = None
 
 
@@ -139,7 +157,7 @@ class CohortOut(BaseModel):
     name: str
     created_at: UtcDatetime
     counts: dict[str, int] = Field(description="jobs per state", examples=[{"succeeded": 18, "running": 2}])
-    progress: float = Field(description="finished cases / all cases", examples=[0.9])
+    progress: float = Field(ge=0.0, le=1.0, description="finished cases / all cases", examples=[0.9])
     cases: list[CohortCase]
     lesions_csv_url: str
     metrics_csv_url: str
@@ -148,11 +166,11 @@ class CohortOut(BaseModel):
 class ModelOut(BaseModel):
     name: str = Field(examples=["thorax-petct-gconvlap-128"])
     modality: str | None = None
-    size: int | None = None
-    arch: str | None = None
-    default_threshold: float | None = None
+    size: int | None = Field(None, ge=1, description="input slice size in pixels", examples=[128])
+    arch: str | None = Field(None, examples=["gconvlap"])
+    default_threshold: float | None = Field(None, ge=0.0, le=1.0)
     has_weights: bool
-    weights_bytes: int | None = None
+    weights_bytes: int | None = Field(None, ge=0)
     default: bool = False
     card: dict[str, Any]
 
@@ -161,4 +179,5 @@ class ReadyOut(BaseModel):
     ready: bool
     database: bool
     broker: bool
-    workers: int | None = None  # worker processes alive (embedded service only; omitted otherwise)
+    workers: int | None = Field(None, ge=0)  # worker processes alive (embedded service only; omitted otherwise)
+    storage: bool | None = None

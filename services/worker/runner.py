@@ -23,7 +23,7 @@ from autopaint.db import Job
 from autopaint.db import jobs as repo
 from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.progress import ProgressEvent, Stage, Unit
-from autopaint.storage import fetch_local, store_results
+from autopaint.storage import StorageFull, StorageUnavailable, fetch_local, storage_error_from, store_results
 from services.worker.context import WorkerContext
 from services.worker.pipeline_adapter import JobSpec, resolve_runner
 
@@ -210,11 +210,25 @@ def _run_leased(ctx: WorkerContext, job: Job, params: JobParams, worker: str, tm
         with ctx.session() as s:
             repo.fail_job(s, job_id, exc.code, str(exc))
         return Outcome("failed")
-    except Exception as exc:  # anything else may be transient: retry up to max_attempts
-        log.exception("job %s attempt %d crashed", job_id, job.attempts)
-        code = getattr(exc, "code", None) or "worker_error"
+    except Exception as exc:
+        mapped = storage_error_from(exc)
+        if not isinstance(mapped, StorageFull | StorageUnavailable):
+            return _retry_or_fail(ctx, job, exc)
+        # a full or read-only disk: re-running the whole pipeline cannot help (store_results already
+        # deleted what this attempt put, so no object is left without its artifact row)
+        log.error("job %s attempt %d: storage fault: %s", job_id, job.attempts, exc)
         with ctx.session() as s:
-            state = repo.requeue_or_fail(s, job_id, str(code), f"{type(exc).__name__}: {exc}")
-        if state == JobState.QUEUED:  # a countdown below one lease: see Settings.stale_queued_s
-            return Outcome("requeued", retry_in_s=min(30.0, settings.lease_s / 2.0, 0.5 * 2 ** job.attempts))
-        return Outcome(state.value)
+            repo.fail_job(s, job_id, mapped.code, f"{mapped}; the job was not retried")
+        return Outcome("failed")
+
+
+def _retry_or_fail(ctx: WorkerContext, job: Job, exc: Exception) -> Outcome:
+    """Anything else may be transient: retry up to max_attempts."""
+    settings, job_id = ctx.settings, job.id
+    log.exception("job %s attempt %d crashed", job_id, job.attempts)
+    code = getattr(exc, "code", None) or "worker_error"
+    with ctx.session() as s:
+        state = repo.requeue_or_fail(s, job_id, str(code), f"{type(exc).__name__}: {exc}")
+    if state == JobState.QUEUED:  # a countdown below one lease: see Settings.stale_queued_s
+        return Outcome("requeued", retry_in_s=min(30.0, settings.lease_s / 2.0, 0.5 * 2 ** job.attempts))
+    return Outcome(state.value)

@@ -101,7 +101,9 @@ class SuvInputs(BaseModel):
     half-life in s). The one home of the SUV tags built from them (CLI, API, worker, re-threshold).
     A DICOM PET needs none of this (its headers say); a NIfTI PET must state one or the other."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: 1e400 (inf), NaN, Infinity are refused (invalid_params at submit), never
+    # accepted and stored as null
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     suv_already: bool | None = Field(
         default=None, description="true: the PET voxels are SUV (body weight); false: Bq/mL, converted "

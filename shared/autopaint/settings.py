@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     device: str = "auto"
     api_key_required: bool = True
     page_size_max: int = Field(default=200, gt=0)
+    # API limits (docs/RELIABILITY.md "Storage faults and API limits"): uploads validated and re-written
+    # at once (the memory-heavy part; more wait up to ingest_wait_s, then 503 busy), uploads in flight
+    # per key and queued + running jobs per key (429), seconds without a body byte before an upload is
+    # cut (408 upload_timeout)
+    max_concurrent_ingests: int = Field(default=2, gt=0)
+    ingest_wait_s: float = Field(default=30.0, ge=0)
+    max_uploads_per_key: int = Field(default=4, gt=0)
+    max_active_jobs_per_key: int = Field(default=50, gt=0)
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
+    upload_janitor_age_s: float = Field(default=3600.0, ge=0)  # leftover state/uploads/* older than this
 
     @property
     def reconcile_every_s(self) -> float:

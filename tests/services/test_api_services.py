@@ -48,7 +48,7 @@ def test_202_means_row_committed_and_message_in_redis(api: Api, pair: tuple[Path
     assert client.llen(qkey) == before + 1
     msg = json.loads(client.lindex(qkey, 0))
     assert msg["headers"]["task"] == TASK_RUN_JOB and msg["headers"]["argsrepr"] == repr([jid])
-    assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True}
+    assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True, "storage": True}
     assert "autopaint_broker_queue_messages" in api.client.get("/metrics").text
 
 

@@ -186,12 +186,12 @@ def test_reconciler_runs_in_the_api_lifespan(sqlite_settings: Settings) -> None:
 def test_readyz_reports_workers(sqlite_settings: Settings) -> None:
     api = Api(sqlite_settings)
     try:
-        assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True}
+        assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True, "storage": True}
         api.ctx.worker_status = lambda: 0
         r = api.client.get("/readyz")
         assert r.status_code == 503 and r.json()["workers"] == 0 and r.json()["ready"] is False
         api.ctx.worker_status = lambda: 2
-        assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True, "workers": 2}
+        assert api.client.get("/readyz").json() == {"ready": True, "database": True, "broker": True, "workers": 2, "storage": True}
     finally:
         api.close()
 

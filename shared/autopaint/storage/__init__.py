@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING
 from autopaint.storage.base import (
     Storage,
     StorageError,
+    StorageFull,
+    StorageUnavailable,
     UploadTooLarge,
     check_key,
     fetch_local,
     input_key,
     job_prefix,
+    probe_storage,
     result_key,
+    storage_error_from,
     store_results,
 )
 from autopaint.storage.local import LocalStorage
@@ -31,12 +35,16 @@ __all__ = [
     "LocalStorage",
     "Storage",
     "StorageError",
+    "StorageFull",
+    "StorageUnavailable",
     "UploadTooLarge",
     "check_key",
     "fetch_local",
     "input_key",
     "job_prefix",
     "make_storage",
+    "probe_storage",
     "result_key",
+    "storage_error_from",
     "store_results",
 ]

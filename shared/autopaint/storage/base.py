@@ -6,7 +6,9 @@ Keys are POSIX-style relative paths built by the service only, never from client
 
 from __future__ import annotations
 
+import errno
 import re
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -25,6 +27,38 @@ class UploadTooLarge(StorageError):
     """Raised by ``put_stream`` when more than ``max_bytes`` arrive (nothing is kept)."""
 
     code = "upload_too_large"
+
+
+class StorageFull(StorageError):
+    """The storage has no space (or quota) left: ``ENOSPC`` / ``EDQUOT``. Retrying soon cannot help."""
+
+    code = "storage_full"
+
+
+class StorageUnavailable(StorageError):
+    """The storage refuses writes (read-only, permissions, I/O error): ``EROFS`` / ``EACCES`` / ``EIO``..."""
+
+    code = "storage_unavailable"
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+UNAVAILABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def storage_error_from(exc: BaseException) -> StorageError | None:
+    """The storage error an ``OSError`` means (``StorageFull`` / ``StorageUnavailable``), or None for
+    any other exception (a missing file, a bug...). Already a ``StorageFull``/``StorageUnavailable``:
+    returned as is."""
+    if isinstance(exc, StorageFull | StorageUnavailable):
+        return exc
+    if not isinstance(exc, OSError):
+        return None
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in FULL_ERRNOS:
+        return StorageFull(f"the storage is full: {reason}")
+    if exc.errno in UNAVAILABLE_ERRNOS:
+        return StorageUnavailable(f"the storage refuses writes: {reason}")
+    return None
 
 
 def check_key(key: str) -> str:
@@ -87,17 +121,39 @@ class Storage(Protocol):
 
 def store_results(storage: Storage, job_id: str, out_dir: Path, names: Iterable[str]) -> list[ArtifactRecord]:
     """Put each result file of ``names`` found in ``out_dir`` under ``jobs/<id>/results/<name>``;
-    returns their artifact records (content type from :data:`autopaint.contracts.RESULTS`)."""
+    returns their artifact records (content type from :data:`autopaint.contracts.RESULTS`).
+    A failure part-way (e.g. ``StorageFull``) deletes the objects this call already put, so no result
+    object is left without its artifact row, and re-raises.
+    """
     records: list[ArtifactRecord] = []
-    for name in names:
-        path = Path(out_dir) / name
-        if not path.is_file():
-            continue
-        key = result_key(job_id, name)
-        sha, size = storage.put_file(key, path)
-        records.append(ArtifactRecord(name=name, storage_key=key, sha256=sha, bytes=size,
-                                      content_type=RESULTS.get(name, "application/octet-stream")))
+    try:
+        for name in names:
+            path = Path(out_dir) / name
+            if not path.is_file():
+                continue
+            key = result_key(job_id, name)
+            sha, size = storage.put_file(key, path)
+            records.append(ArtifactRecord(name=name, storage_key=key, sha256=sha, bytes=size,
+                                          content_type=RESULTS.get(name, "application/octet-stream")))
+    except BaseException:
+        for rec in records:
+            try:
+                storage.delete_prefix(rec["storage_key"])
+            except OSError:  # best effort: the original error is the one to report
+                pass
+        raise
     return records
+
+
+def probe_storage(storage: Storage) -> bool:
+    """A small write + delete in the storage (``/readyz``): False when it cannot be written."""
+    key = check_key(f"_probe/{uuid.uuid4().hex}")
+    try:
+        storage.put_stream(key, [b"ok"])
+        storage.delete_prefix(key)
+        return True
+    except (OSError, StorageError):
+        return False
 
 
 def fetch_local(storage: Storage, key: str, dest: Path) -> Path:

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from autopaint.fsutil import atomic_write_chunks
-from autopaint.storage.base import UploadTooLarge, check_key
+from autopaint.storage.base import UploadTooLarge, check_key, storage_error_from
 
 log = logging.getLogger(__name__)
 
 
 class LocalStorage:
     """Objects are files under ``root``; writes go to a temp file in the same folder, are fsynced
-    and renamed into place, so a reader never sees a partial object."""
+    and renamed into place, so a reader never sees a partial object. A write the disk refuses raises
+    ``StorageFull`` (``ENOSPC``/``EDQUOT``) or ``StorageUnavailable`` (read-only, permissions, I/O),
+    never a bare ``OSError``; the temp file is gone (``atomic_write_chunks``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
@@ -31,7 +33,15 @@ class LocalStorage:
     def put_stream(
         self, key: str, chunks: Iterable[bytes], max_bytes: int | None = None
     ) -> tuple[str, int]:
-        return atomic_write_chunks(self._full(key), chunks, max_bytes=max_bytes, too_large=UploadTooLarge)
+        full = self._full(key)
+        try:
+            return atomic_write_chunks(full, chunks, max_bytes=max_bytes, too_large=UploadTooLarge)
+        except OSError as exc:
+            mapped = storage_error_from(exc)
+            if mapped is None:
+                raise
+            log.error("storage write of %s failed: %s", key, exc)
+            raise mapped from exc
 
     def put_file(self, key: str, path: Path) -> tuple[str, int]:
         with open(path, "rb") as fh:
