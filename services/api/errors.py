@@ -8,6 +8,7 @@ unhandled -> 500 ``internal_error`` (logged with its traceback; the body carries
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,8 +33,12 @@ def not_found(what: str = "job") -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
-def error_body(code: str, detail: str) -> dict[str, str]:
-    return {"code": code, "detail": detail}
+def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Our one error body (``ErrorOut``): RFC 7807 ``type``/``title``/``status``/``detail`` plus the stable
+    snake_case ``code``."""
+    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "code": code,
+            "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 STORAGE_RETRY_AFTER = "60"
@@ -41,13 +46,11 @@ STORAGE_RETRY_AFTER = "60"
 
 def storage_response(exc: StorageFull | StorageUnavailable) -> JSONResponse:
     status = 507 if isinstance(exc, StorageFull) else 503
-    return JSONResponse(error_body(exc.code, str(exc)), status_code=status,
-                        headers={"Retry-After": STORAGE_RETRY_AFTER})
+    return error_response(status, exc.code, str(exc), {"Retry-After": STORAGE_RETRY_AFTER})
 
 
 def internal_error() -> JSONResponse:
-    return JSONResponse(error_body("internal_error", "internal server error; the server logged the details"),
-                        status_code=500)
+    return error_response(500, "internal_error", "internal server error; the server logged the details")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -74,36 +77,34 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status, headers=exc.headers)
+        return error_response(exc.status, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(UploadTooLarge)
     async def _too_large(_req: Request, exc: UploadTooLarge) -> JSONResponse:
         # The rest of the body is not read; ask the client to stop sending.
-        return JSONResponse(
-            error_body("upload_too_large", str(exc)), status_code=413, headers={"Connection": "close"}
-        )
+        return error_response(413, "upload_too_large", str(exc), {"Connection": "close"})
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_req: Request, exc: InvalidInput) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=422)
+        return error_response(422, exc.code, str(exc))
 
     @app.exception_handler(ModelError)
     async def _model(_req: Request, exc: ModelError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=422)
+        return error_response(422, exc.code, str(exc))
 
     @app.exception_handler(AutopaintError)
     async def _other(_req: Request, exc: AutopaintError) -> JSONResponse:
         log.error("unhandled project error %s: %s", exc.code, exc)
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=500)
+        return error_response(500, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         parts = ["{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg")) for e in exc.errors()]
-        return JSONResponse(error_body("invalid_request", "; ".join(parts)[:2000]), status_code=422)
+        return error_response(422, "invalid_request", "; ".join(parts)[:2000])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                401: "unauthorized"}.get(exc.status_code, "http_error")
         # keep the exception's headers: a 405 carries the Allow header RFC 9110 requires
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))

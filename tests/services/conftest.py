@@ -18,10 +18,14 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from autopaint.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.services.apikit import Api
 
 PG_HOST = os.environ.get("AUTOPAINT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("AUTOPAINT_TEST_PG_PORT", "5432"))
@@ -180,3 +184,13 @@ def worker_kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         yield kit
     finally:
         kit.close()
+
+
+@pytest.fixture
+def api(sqlite_settings: Settings) -> Iterator[Api]:
+    """The API in process on the test's own SQLite state (:class:`tests.services.apikit.Api`)."""
+    from tests.services.apikit import Api
+
+    a = Api(sqlite_settings)
+    yield a
+    a.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,6 @@ from autopaint.imaging.suv import decay_corrected_dose, pet_in_suv
 from autopaint.imaging.volume import Volume
 from autopaint.paths import data_dir, models_dir
 from autopaint.segment.outputs import write_dicom_results
-from autopaint.settings import Settings
 from autopaint.storage import store_results
 from services.embedded import EmbeddedService
 from tests.services.apikit import Api
@@ -44,11 +42,6 @@ pytestmark = pytest.mark.skipif(not CT_DIR.is_dir() or not (NIFTI / "STS_003").i
                                 reason="IBSI STS data not available")
 
 
-@pytest.fixture
-def api(sqlite_settings: Settings) -> Iterator[Api]:
-    a = Api(sqlite_settings)
-    yield a
-    a.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -25,13 +24,6 @@ from autopaint.settings import Settings
 from autopaint.storage import store_results
 from tests.imaging.badfiles import ROLE_FOR_CODE, build_bad_files, build_shifted_pair
 from tests.services.apikit import PHI, Api, chunked, write_pair
-
-
-@pytest.fixture
-def api(sqlite_settings: Settings) -> Iterator[Api]:
-    a = Api(sqlite_settings)
-    yield a
-    a.close()
 
 
 @pytest.fixture

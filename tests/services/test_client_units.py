@@ -5,7 +5,6 @@ mapped to JobParams by the rule of ``autopaint segment`` (a NIfTI PET must state
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from autopaint.client import ApiError, Client
 from autopaint.client_cohort import discover_cases, run_cohort
 from autopaint.contracts import JobParams
 from autopaint.paths import data_dir
-from autopaint.settings import Settings
 from services.cli import app
 from tests.services.apikit import Api
 
@@ -26,11 +24,6 @@ pytestmark = pytest.mark.skipif(not (DICOM / "CT" / "image").is_dir() or not NIF
                                 reason="IBSI STS data not available")
 
 
-@pytest.fixture
-def api(sqlite_settings: Settings) -> Iterator[Api]:
-    a = Api(sqlite_settings)
-    yield a
-    a.close()
 
 
 def _client(api: Api) -> Client:

@@ -5,21 +5,12 @@ fuses are served to their owner only."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from autopaint.settings import Settings
 from services.api import routes_viewer
 from tests.services.apikit import Api, write_pair
-
-
-@pytest.fixture
-def api(sqlite_settings: Settings) -> Iterator[Api]:
-    a = Api(sqlite_settings)
-    yield a
-    a.close()
 
 
 @pytest.fixture
