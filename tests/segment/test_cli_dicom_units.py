@@ -16,10 +16,10 @@ import pytest
 
 from autopaint.cli import main
 from autopaint.imaging.dicom_export import read_rtstruct_mask, read_seg_mask
-from autopaint.imaging.io import read_dicom_series, read_volume, write_volume
-from autopaint.imaging.suv import decay_corrected_dose
+from autopaint.imaging.io import read_dicom_series, read_volume
 from autopaint.paths import data_dir, models_dir
 from autopaint.segment.metrics import dice
+from tests.pet_units import DELAY, DOSE, WEIGHT, write_bqml_pet
 
 DICOM = data_dir() / "ibsi-sts-dicom"
 NIFTI = data_dir() / "ibsi-sts"
@@ -29,8 +29,6 @@ pytestmark = [
                        reason="IBSI STS data not available"),
     pytest.mark.skipif(not (models_dir() / MODEL / "model.pt").is_file(), reason=f"{MODEL} not shipped"),
 ]
-# a Bq/mL PET: 75 kg, 370 MBq injected 60 min before the scan
-WEIGHT, DOSE, DELAY = 75.0, 3.7e8, 3600.0
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -45,11 +43,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 @pytest.fixture(scope="module")
 def bqml_pet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pet = read_volume(NIFTI / "STS_003" / "PET_image.nii.gz")
-    factor = WEIGHT * 1000.0 / decay_corrected_dose(DOSE, DELAY)
-    path = tmp_path_factory.mktemp("bqml") / "pet_bqml.nii.gz"
-    write_volume(pet.with_data((pet.data / factor).astype(np.float32)), path)
-    return path
+    return write_bqml_pet(NIFTI / "STS_003" / "PET_image.nii.gz", tmp_path_factory.mktemp("bqml") / "pet_bqml.nii.gz")
 
 
 def test_dicom_series_in_seg_and_rtstruct_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

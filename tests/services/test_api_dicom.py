@@ -24,12 +24,13 @@ from autopaint.db import Artifact, Job
 from autopaint.db import jobs as repo
 from autopaint.imaging.dicom_export import read_seg_mask
 from autopaint.imaging.io import read_dicom_series, read_volume, write_volume
-from autopaint.imaging.suv import decay_corrected_dose, pet_in_suv
+from autopaint.imaging.suv import pet_in_suv
 from autopaint.imaging.volume import Volume
 from autopaint.paths import data_dir, models_dir
 from autopaint.segment.outputs import write_dicom_results
 from autopaint.storage import store_results
 from services.embedded import EmbeddedService
+from tests.pet_units import DELAY, DOSE, WEIGHT, write_bqml_pet
 from tests.services.apikit import Api
 from tests.services.workerkit import api_key, free_port, make_settings
 
@@ -37,7 +38,6 @@ DICOM = data_dir() / "ibsi-sts-dicom"
 NIFTI = data_dir() / "ibsi-sts"
 CT_DIR, PET_DIR = DICOM / "STS_001" / "CT" / "image", DICOM / "STS_001" / "PET" / "image"
 MODEL = "ibsi-petct-gconvlap-128"
-WEIGHT, DOSE, DELAY = 75.0, 3.7e8, 3600.0  # a Bq/mL PET: 75 kg, 370 MBq injected 60 min before
 pytestmark = pytest.mark.skipif(not CT_DIR.is_dir() or not (NIFTI / "STS_003").is_dir(),
                                 reason="IBSI STS data not available")
 
@@ -72,11 +72,7 @@ def zips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def bqml_pet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """STS_003's SUV PET as Bq/mL (a realistic factor), as tests/segment/test_cli_dicom_units.py."""
-    pet = read_volume(NIFTI / "STS_003" / "PET_image.nii.gz")
-    factor = WEIGHT * 1000.0 / decay_corrected_dose(DOSE, DELAY)
-    path = tmp_path_factory.mktemp("bqml") / "pet_bqml.nii.gz"
-    write_volume(pet.with_data((pet.data / factor).astype(np.float32)), path)
-    return path
+    return write_bqml_pet(NIFTI / "STS_003" / "PET_image.nii.gz", tmp_path_factory.mktemp("bqml") / "pet_bqml.nii.gz")
 
 
 def _n_jobs(api: Api) -> int:
