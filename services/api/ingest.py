@@ -220,7 +220,7 @@ def write_clean_nifti(src: Path, dest: Path, slab_bytes: int = SLAB_BYTES) -> Pa
     nz = max(1, slab_bytes // max(1, shape[0] * shape[1] * dtype.itemsize))
     extra = (0,) * (len(img.shape) - 3) if len(img.shape) > 3 else ()
     with atomic_path(dest) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:  # no name, no time: same bytes
         header.write_to(fh)
         for z0 in range(0, shape[2], nz):
             if len(img.shape) == 2:

@@ -244,3 +244,22 @@ def test_streamed_clean_nifti_equals_whole_volume_rewrite(tmp_path: Path, shape:
     data = gzip.open(streamed).read()
     assert data == gzip.open(whole).read()
     assert b"PATIENT" not in data
+
+
+def test_streamed_clean_nifti_is_deterministic(tmp_path: Path) -> None:
+    """Same input -> the same stored bytes (no temp-file name or time in the gzip header): a re-run
+    of a job must give results with the same sha256."""
+    import hashlib
+
+    import numpy as np
+
+    from autopaint.imaging.io import write_volume
+    from autopaint.imaging.volume import Volume
+    from services.api.ingest import write_clean_nifti
+
+    src = tmp_path / "src.nii.gz"
+    write_volume(Volume(np.arange(20 * 20 * 10, dtype=np.float32).reshape(20, 20, 10), np.eye(4)), src,
+                 dtype=np.int16)
+    digests = {hashlib.sha256(write_clean_nifti(src, tmp_path / f"c{i}.nii.gz").read_bytes()).hexdigest()
+               for i in range(2)}
+    assert len(digests) == 1
