@@ -96,3 +96,13 @@ def test_dockerfiles_exist_and_install_package(compose: dict[str, Any]) -> None:
         text = dockerfile.read_text()
         assert re.search(r"pip install (-e )?\.", text)
         assert re.search(r"^USER\s+\S+", text, re.M), f"{dockerfile.name} runs as root"
+
+
+def test_api_image_serves_the_viewer_bundle() -> None:
+    """The API image builds the viewer in a Node stage and copies the bundle where /viewer serves it."""
+    text = (ROOT / "docker" / "Dockerfile.api").read_text()
+    assert re.search(r"^FROM node:20\S* AS viewer$", text, re.M)
+    assert "npm ci" in text and "node build.mjs" in text
+    build = (ROOT / "viewer" / "build.mjs").read_text()
+    assert "'services', 'api', 'static', 'viewer'" in build  # where the bundle lands
+    assert "COPY --from=viewer /src/services/api/static/viewer ./services/api/static/viewer" in text
