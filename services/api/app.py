@@ -20,13 +20,22 @@ from autopaint.contracts import RESULTS, JobParams
 from autopaint.db import make_engine, make_session_factory
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
-from services.api import routes_cohorts, routes_jobs, routes_ops, routes_threshold, routes_viewer
+from services.api import (
+    routes_callbacks,
+    routes_cohorts,
+    routes_events,
+    routes_jobs,
+    routes_ops,
+    routes_threshold,
+    routes_viewer,
+)
 from services.api.deps import AppContext
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.queue import CeleryPublisher, Publisher
 from services.api.reconciler import lifespan as reconciler_lifespan
-from services.api.schemas import ErrorOut
+from services.api.schemas import ErrorOut, ProgressEventOut
+from services.api.urlguard import UrlGuard
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +43,10 @@ DESCRIPTION = """
 Unsupervised tumour segmentation in PET/CT by autoinpainting (GconvLap).
 
 Submit a case with `POST /v1/jobs` (multipart NIfTI upload, API key in `Authorization: Bearer ...`),
-follow it with `GET /v1/jobs/{id}` (stage, progress in slices and circles, queue position, ETA),
-download results from `GET /v1/jobs/{id}/results/{name}`. Every error is JSON `ErrorOut`: RFC 9457
+follow it with `GET /v1/jobs/{id}` (stage, progress in slices and circles, queue position, ETA) or as
+server-sent events from `GET /v1/jobs/{id}/events`, or give a `callback_url` (job or cohort) to get a
+signed POST when it finishes (secret: `GET /v1/callback-secret`), and download results from
+`GET /v1/jobs/{id}/results/{name}`. Every error is JSON `ErrorOut`: RFC 9457
 problem details (`type`, `title`, `status`, `detail`) plus our stable `code`.
 """
 
@@ -71,6 +82,9 @@ def patch_openapi(doc: dict[str, Any]) -> dict[str, Any]:
     for name in _FASTAPI_ERRORS:
         schemas.pop(name, None)
     schemas["ErrorOut"] = _hoist(ErrorOut.model_json_schema(ref_template=_SCHEMAS + "{model}"), schemas)
+    # the data of GET /v1/jobs/{id}/events' progress events (referenced by its text/event-stream schema)
+    schemas["ProgressEventOut"] = _hoist(ProgressEventOut.model_json_schema(ref_template=_SCHEMAS + "{model}"),
+                                         schemas)
     params = _hoist(JobParams.model_json_schema(ref_template=_SCHEMAS + "{model}"), schemas)
     params["examples"] = [{"preset": "thorax", "mode": "fast", "suv_already": True},
                           {"model": "thorax-petct-gconvlap-128", "threshold": 0.3, "suv_already": False,
@@ -187,6 +201,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAP
     """Build the API for ``settings``. ``publisher``: the job publisher (default: Celery on
     ``settings.broker_url``); tests pass fakes. The schema must exist (``autopaint admin migrate``)."""
     settings.ensure_dirs()
+    UrlGuard.from_settings(settings)  # a bad AUTOPAINT_CALLBACK_ALLOW fails here, at start
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     pub: Publisher = publisher if publisher is not None else CeleryPublisher(settings)
@@ -199,6 +214,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAP
             {"name": "jobs", "description": "Submit cases and follow them"},
             {"name": "cohorts", "description": "Groups of jobs with aggregated results"},
             {"name": "models", "description": "Available inpainting models"},
+            {"name": "callbacks", "description": "The secret that signs your callbacks"},
             {"name": "operations", "description": "Health, readiness and metrics"},
         ],
         lifespan=reconciler_lifespan,  # re-publishes jobs stranded by dead workers or lost messages
@@ -206,7 +222,7 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAP
     app.state.ctx = AppContext(settings=settings, engine=engine, sessions=sessions,
                                storage=make_storage(settings), publisher=pub, metrics=metrics)
     install_error_handlers(app)
-    for module in (routes_jobs, routes_threshold, routes_cohorts, routes_ops):
+    for module in (routes_jobs, routes_events, routes_threshold, routes_cohorts, routes_callbacks, routes_ops):
         app.include_router(module.router)
     app.include_router(routes_viewer.router)
     app.add_middleware(_AllowMiddleware)

@@ -1,4 +1,5 @@
-"""``/v1/cohorts``: group jobs, follow per-case progress, download aggregated CSVs."""
+"""``/v1/cohorts``: group jobs, follow per-case progress, download aggregated CSVs; a cohort's
+``callback_url`` gets one ``cohort.completed`` (``autopaint.db.callbacks.complete_cohort``)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from sqlalchemy import select
 
 from autopaint.contracts import JobState
 from autopaint.db import Artifact, Cohort, Job
+from autopaint.db import callbacks as outbox
 from autopaint.storage import Storage
 from services.api.deps import Ctx, DbSession, Owner
 from services.api.errors import ApiError
+from services.api.routes_callbacks import vet_callback_url
 from services.api.schemas import CohortCase, CohortIn, CohortOut, ErrorOut
+from services.api.views import callback_out
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
@@ -53,13 +57,35 @@ def _out(session: DbSession, cohort: Cohort) -> CohortOut:
     return CohortOut(id=cohort.id, name=cohort.name, created_at=cohort.created_at, counts={s.value: n for s, n in counts.items()},
                      progress=finished / len(jobs) if jobs else 0.0, cases=cases,
                      lesions_csv_url=f"/v1/cohorts/{cohort.id}/lesions.csv",
-                     metrics_csv_url=f"/v1/cohorts/{cohort.id}/metrics.csv")
+                     metrics_csv_url=f"/v1/cohorts/{cohort.id}/metrics.csv",
+                     callback_url=cohort.callback_url, expected_jobs=cohort.expected_jobs,
+                     callbacks=[callback_out(c) for c in outbox.deliveries(session, cohort_id=cohort.id)
+                                .get(cohort.id, [])] if cohort.callback_url else [])
 
 
-@router.post("", status_code=201, response_model=CohortOut, summary="Create a cohort", responses=ERRORS)
-def create_cohort(body: CohortIn, session: DbSession, owner: Owner) -> CohortOut:
-    cohort = Cohort(owner_key_id=owner, name=body.name)
+@router.post("", status_code=201, response_model=CohortOut, summary="Create a cohort",
+             description="With a callback_url, one cohort.completed callback is POSTed (exactly once) when every "
+             "job of the cohort has finished — and the cohort holds expected_jobs jobs, when given.",
+             responses={**ERRORS, 422: {"model": ErrorOut, "description": "invalid body, or the callback URL is "
+                                        "refused (callback_url_not_allowed)"}})
+def create_cohort(body: CohortIn, session: DbSession, owner: Owner, ctx: Ctx) -> CohortOut:
+    url = vet_callback_url(ctx.settings, owner, body.callback_url)
+    cohort = Cohort(owner_key_id=owner, name=body.name, callback_url=url, expected_jobs=body.expected_jobs)
     session.add(cohort)
+    session.commit()
+    return _out(session, cohort)
+
+
+@router.post("/{cohort_id}/close", response_model=CohortOut, summary="No more jobs are coming",
+             description="Sets expected_jobs to the number of jobs the cohort holds now: it is complete (one "
+             "cohort.completed callback) once they have all finished — at once, when they already have. For "
+             "clients that add jobs over time (autopaint cohort submit closes its cohort after the last submit).",
+             responses=ERRORS)
+def close_cohort(cohort_id: str, session: DbSession, owner: Owner) -> CohortOut:
+    cohort = _owned(session, owner, cohort_id)
+    cohort.expected_jobs = len(_jobs(session, cohort_id)) or None
+    session.flush()
+    outbox.complete_cohort(session, cohort_id)
     session.commit()
     return _out(session, cohort)
 

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from autopaint.contracts import JobParams, JobState
 from autopaint.db import Artifact, Cohort, Job, new_id
+from autopaint.db import callbacks as outbox
 from autopaint.db import jobs as repo
 from autopaint.errors import InvalidInput
 from autopaint.imaging.modality import check_model_modality, check_roles
@@ -39,6 +40,7 @@ from services.api.ingest import (
     validate_files,
 )
 from services.api.queue import BrokerUnavailable
+from services.api.routes_callbacks import vet_callback_url
 from services.api.schemas import ArtifactOut, ErrorOut, JobOut, JobPage, ResultsOut
 from services.api.uploads import ParsedUpload, parse_upload
 from services.api.views import job_out
@@ -242,7 +244,8 @@ def _cohort(ctx: AppContext, owner: str, cohort_id: str | None) -> str | None:
     description="Multipart upload (streamed, capped). CT and PET: a NIfTI or a zip of one DICOM series "
     "(told by content). 202 only once every file is validated (a DICOM series' geometry and modality, "
     "the CT/PET overlap, the PET's units: DICOM headers or the params' statement, then a plausibility "
-    "check), stored with its sha256 and the job row committed; then the job is published to the queue.",
+    "check), stored with its sha256 and the job row committed; then the job is published to the queue. "
+    "params.callback_url: a signed POST when the job ends (see GET /v1/callback-secret).",
     responses={**ERRORS, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     openapi_extra=UPLOAD_BODY,
 )
@@ -289,6 +292,7 @@ async def _submit(request: Request, ctx: AppContext, owner: str, idempotency_key
         zips = {role: f.path for role, f in parsed.files.items() if f.is_dicom_zip}
         params = _params(ctx, parsed.fields, set(parsed.files), pet_is_dicom="pet" in zips)
         cohort_id = _cohort(ctx, owner, parsed.fields.get("cohort_id"))
+        callback_url = await run_in_threadpool(vet_callback_url, ctx.settings, owner, params.callback_url)
         paths = {role: f.path for role, f in parsed.files.items() if role not in zips}
         async with _ingest_slot(ctx, lim):  # the memory-heavy part: bounded how many run at once
             dicom = await run_in_threadpool(read_dicom_inputs, zips, tmp, DicomCaps.from_settings(s),
@@ -298,8 +302,9 @@ async def _submit(request: Request, ctx: AppContext, owner: str, idempotency_key
             inputs = await run_in_threadpool(sanitize_and_store, ctx.storage, job_id, paths, tmp, dicom, params)
         job = Job(id=job_id, owner_key_id=owner, cohort_id=cohort_id,
                   case_name=(parsed.fields.get("case_name") or "").strip()[:200] or None, state=JobState.QUEUED,
-                  params=params.model_dump(mode="json"), inputs=inputs, model_name=params.model,
-                  max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key)
+                  params=params.model_dump(mode="json", exclude={"callback_url"}), inputs=inputs, model_name=params.model,
+                  max_attempts=s.max_attempts, queue=s.queue, idempotency_key=idempotency_key,
+                  callback_url=callback_url)
         body, other = _insert(ctx, job)
         if other is not None:
             ctx.storage.delete_prefix(job_prefix(job_id))
@@ -376,8 +381,9 @@ def list_jobs(
         select(Job).where(*where).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
     ).all()
     nxt = offset + len(rows) if offset + len(rows) < total else None
-    return JobPage(items=[job_out(session, j, with_eta=False) for j in rows], total=total, offset=offset,
-                   limit=limit, next_offset=nxt)
+    callbacks = outbox.deliveries(session, [j.id for j in rows if j.callback_url])
+    return JobPage(items=[job_out(session, j, with_eta=False, callbacks=callbacks.get(j.id, [])) for j in rows],
+                   total=total, offset=offset, limit=limit, next_offset=nxt)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Job status, progress, queue position and ETA",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -56,6 +56,52 @@ class ProgressOut(BaseModel):
     fraction: float | None = Field(ge=0.0, description="done / total of the current stage", examples=[0.31])
 
 
+CALLBACK_URL_DESCRIPTION = (
+    "POSTed (signed JSON, see README \"Callbacks\") when it finishes; http(s), no credentials, at most 2048 "
+    "characters, its host resolving to public addresses only (unless the operator allows more)")
+
+
+class CallbackOut(BaseModel):
+    """One callback of a job or cohort and how its delivery went (the outbox row)."""
+
+    id: str = Field(description="the delivery id (X-Autopaint-Delivery; the same on every retry)")
+    event: str = Field(examples=["job.succeeded"])
+    url: str
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: an attempt is due or running; delivered: a 2xx was received; failed: gave up")
+    attempts: int = Field(ge=0)
+    last_status_code: int | None = Field(None, description="HTTP status of the last attempt (none: no answer)")
+    last_error: str | None = None
+    last_attempt_at: UtcDatetime | None = None
+    next_attempt_at: UtcDatetime | None = None
+    delivered_at: UtcDatetime | None = None
+    created_at: UtcDatetime
+
+
+class CallbackSecretOut(BaseModel):
+    """The secret that signs your key's callbacks (HMAC-SHA256; ``autopaint.webhooks.verify``)."""
+
+    secret: str = Field(description="64 hex characters; the HMAC key is this string as UTF-8")
+    rotated_at: UtcDatetime | None = None
+    previous_valid_until: UtcDatetime | None = Field(
+        None, description="until then callbacks also carry a signature made with the previous secret")
+
+
+class ProgressEventOut(BaseModel):
+    """The data of a ``progress`` server-sent event (``GET /v1/jobs/{id}/events``)."""
+
+    state: JobState
+    stage: Stage
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+    unit: str
+    fraction: float | None = Field(None, ge=0.0)
+    circles_done: int = Field(ge=0)
+    circles_total: int = Field(ge=0)
+    queue_position: int | None = Field(None, ge=1)
+    eta_s: float | None = Field(None, ge=0.0)
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -98,6 +144,8 @@ class JobOut(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     manifest: dict[str, Any] | None = None
     results_url: str | None = None
+    callback_url: str | None = None
+    callbacks: list[CallbackOut] = Field(default_factory=list, description="the job's callbacks and their delivery")
 
 
 class JobPage(BaseModel):
@@ -138,9 +186,15 @@ class ThresholdOut(BaseModel):
 
 
 class CohortIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "sarcoma-2024"}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "sarcoma-2024"},
+        {"name": "sarcoma-2024", "callback_url": "https://hooks.example.org/autopaint", "expected_jobs": 20}]})
 
     name: str = Field(min_length=1, max_length=200)
+    callback_url: str | None = Field(None, max_length=2048, description="one cohort.completed POST when all "
+                                     "its jobs have finished; " + CALLBACK_URL_DESCRIPTION)
+    expected_jobs: int | None = Field(None, ge=1, le=1_000_000, description="the cohort is complete only once it "
+                                      "holds this many jobs (set it when jobs are submitted over time)")
 
 
 class CohortCase(BaseModel):
@@ -161,6 +215,9 @@ class CohortOut(BaseModel):
     cases: list[CohortCase]
     lesions_csv_url: str
     metrics_csv_url: str
+    callback_url: str | None = None
+    expected_jobs: int | None = Field(None, ge=1)
+    callbacks: list[CallbackOut] = Field(default_factory=list)
 
 
 class ModelOut(BaseModel):

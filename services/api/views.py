@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from autopaint.contracts import JobState
-from autopaint.db import Job, utcnow
-from services.api.schemas import InputOut, JobOut, ProgressOut
+from autopaint.db import CallbackDelivery, Job, utcnow
+from autopaint.db import callbacks as outbox
+from services.api.schemas import CallbackOut, InputOut, JobOut, ProgressOut
 
 RECENT_JOBS = 20  # succeeded jobs whose run time feeds the ETA
 
@@ -55,8 +56,20 @@ def estimate_eta(session: Session, job: Job, position: int | None) -> float | No
     return round((waves + 1) * typical, 1)
 
 
-def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
+def callback_out(row: CallbackDelivery) -> CallbackOut:
+    return CallbackOut(id=row.id, event=row.event, url=row.url, status=row.status,
+                       attempts=row.attempts, last_status_code=row.last_status_code, last_error=row.last_error,
+                       last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at,
+                       delivered_at=row.delivered_at, created_at=row.created_at)
+
+
+def job_out(session: Session, job: Job, with_eta: bool = True,
+            callbacks: list[CallbackDelivery] | None = None) -> JobOut:
+    """The job's JSON body; ``callbacks``: its outbox rows when the caller fetched them for a whole
+    page (else they are read here)."""
     position = queue_position(session, job) if job.state == JobState.QUEUED and with_eta else None
+    if callbacks is None:
+        callbacks = outbox.deliveries(session, [job.id]).get(job.id, []) if job.callback_url else []
     done, total = job.progress_done, job.progress_total
     if job.state == JobState.SUCCEEDED:  # a finished job is 100 %, whatever its last stage counted
         done = total = max(total, 1)
@@ -91,4 +104,6 @@ def job_out(session: Session, job: Job, with_eta: bool = True) -> JobOut:
         timings={k: float(v) for k, v in (job.timings or {}).items()},
         manifest=job.manifest,
         results_url=f"/v1/jobs/{job.id}/results" if job.state == JobState.SUCCEEDED else None,
+        callback_url=job.callback_url,
+        callbacks=[callback_out(c) for c in callbacks],
     )

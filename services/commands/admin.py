@@ -34,6 +34,8 @@ def create_key(name: str = typer.Option(..., "--name", help="who or what uses th
         engine.dispose()
     print(token)
     typer.echo(f"created key {row.prefix}... (id {row.id}) for {name!r}; it will not be shown again", err=True)
+    typer.echo(f"callback signing secret: {row.callback_secret} (the key reads it: GET /v1/callback-secret)",
+               err=True)
 
 
 @admin.command("revoke-key")

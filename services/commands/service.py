@@ -22,6 +22,8 @@ cohort_app = typer.Typer(name="cohort", help="Submit and follow whole cohorts of
 
 _URL = typer.Option(None, "--url", envvar="AUTOPAINT_URL", help="API base URL (default http://127.0.0.1:8000)")
 _KEY = typer.Option(None, "--api-key", envvar="AUTOPAINT_API_KEY", help="API key")
+_CALLBACK = typer.Option(None, "--callback-url", help="POSTed by the server (signed JSON; secret: "
+                         "`autopaint callback-secret`) when the job ends")
 
 
 def _settings(state_dir: Path | None = None) -> Any:
@@ -167,6 +169,7 @@ def submit(
     threshold: float | None = typer.Option(None, help="Residual threshold in [0, 1]"),
     model: str | None = typer.Option(None, help="Model name"),
     params: str | None = typer.Option(None, help="Extra job parameters as JSON"),
+    callback_url: str | None = _CALLBACK,
     wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends"),
     out: Path | None = typer.Option(None, help="Download the results here (implies --wait)"),
     url: str | None = _URL,
@@ -186,7 +189,7 @@ def submit(
     job = client.submit(ct=ct, pet=pet, organ_mask=organ_mask, label=label,
                         params=_params(params, preset=preset, mode=mode, threshold=threshold,
                                        model=model, ct_series_uid=ct_series_uid,
-                                       pet_series_uid=pet_series_uid, **units))
+                                       pet_series_uid=pet_series_uid, **units), callback_url=callback_url)
     print(f"job {job['id']} {job['state']}")
     if not (wait or out):
         return
@@ -220,6 +223,8 @@ def cohort_submit(
     half_life_s: float | None = opts.HALF_LIFE_OPTION,
     allow_implausible_units: bool = opts.IMPLAUSIBLE_OPTION,
     download: bool = typer.Option(True, help="Download each case's results"),
+    callback_url: str | None = typer.Option(None, "--callback-url", help="POSTed once by the server (signed "
+                                            "JSON, cohort.completed) when every case has finished"),
     url: str | None = _URL,
     api_key: str | None = _KEY,
 ) -> None:
@@ -240,11 +245,27 @@ def cohort_submit(
     client = Client(url or "http://127.0.0.1:8000", api_key)
     summary = run_cohort(client, directory, out or directory / "results", concurrency=concurrency,
                          params=_params(params, preset=preset, mode=mode, **units), download=download,
-                         show_progress=True)
+                         show_progress=True, callback_url=callback_url)
     print(f"{summary.succeeded} succeeded, {summary.failed} failed, {summary.skipped} already done; "
           f"summary: {summary.csv_path}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def callback_secret(
+    rotate: bool = typer.Option(False, "--rotate", help="Replace the secret first (the old one keeps signing "
+                                "for a grace period)"),
+    url: str | None = _URL,
+    api_key: str | None = _KEY,
+) -> None:
+    """Print the secret that signs your key's callbacks (HMAC-SHA256; verify with autopaint.webhooks.verify)."""
+    from autopaint.client import Client
+
+    with Client(url or "http://127.0.0.1:8000", api_key) as client:
+        out = client.callback_secret(rotate=rotate)
+    print(out["secret"])
+    if out.get("previous_valid_until"):
+        typer.echo(f"the previous secret also signs until {out['previous_valid_until']}", err=True)
 
 
 def demo(
@@ -264,5 +285,6 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("worker")(worker)
     app.command("submit")(submit)
+    app.command("callback-secret")(callback_secret)
     app.command("demo")(demo)
     app.add_typer(cohort_app)

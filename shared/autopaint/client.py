@@ -5,6 +5,11 @@
         job = c.submit(ct="dicom/CT", pet="dicom/PET")  # DICOM series folders: units from the headers
         job = c.wait(job["id"], on_progress=lambda j: print(j["progress"]))
         c.download(job["id"], "results/")
+        for event, data in c.events(job["id"]): ...   # the same progress as server-sent events
+
+``submit(..., callback_url=...)`` and ``create_cohort(..., callback_url=...)`` ask for a signed POST when
+the job / cohort finishes; ``callback_secret()`` is the secret that signs them
+(``autopaint.webhooks.verify`` checks one).
 
 Uploads are streamed from disk (multipart); a DICOM series folder (CT or PET) is zipped on the fly
 into a temporary file that is streamed and then deleted. ``submit`` sends an ``Idempotency-Key`` (a fresh
@@ -136,7 +141,8 @@ class Client:
     def submit(self, ct: PathLike | None = None, pet: PathLike | None = None,
                organ_mask: PathLike | None = None, label: PathLike | None = None,
                params: dict[str, Any] | None = None, case_name: str | None = None,
-               cohort_id: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+               cohort_id: str | None = None, idempotency_key: str | None = None,
+               callback_url: str | None = None) -> dict[str, Any]:
         """Upload the inputs (streamed) and create a job; returns the job (state ``queued``).
 
         ``ct`` / ``pet``: a NIfTI file, or a DICOM series folder (zipped on the fly to a temporary
@@ -144,11 +150,13 @@ class Client:
         ``label``: NIfTI. ``params``: :class:`autopaint.contracts.JobParams` fields (preset,
         modality, model, mode, threshold, the PET units: ``suv_already`` or the Bq/mL fields for a
         NIfTI PET, nothing for a DICOM PET; ``ct_series_uid`` / ``pet_series_uid``). Only role names
-        reach the server, never the local file names.
+        reach the server, never the local file names. ``callback_url``: POSTed (signed) when the job
+        ends (``params["callback_url"]``).
         """
         key = idempotency_key or uuid.uuid4().hex
         roles = {"ct": ct, "pet": pet, "organ_mask": organ_mask, "label": label}
-        data = {"params": json.dumps(params or {})}
+        params = {**(params or {}), **({"callback_url": callback_url} if callback_url else {})}
+        data = {"params": json.dumps(params)}
         if case_name:
             data["case_name"] = case_name
         if cohort_id:
@@ -221,6 +229,25 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
             time.sleep(poll_s)
 
+    def events(self, job_id: str, timeout: float = 60.0) -> Iterator[tuple[str, Any]]:
+        """Follow ``GET /v1/jobs/{id}/events``: ``(event, data)`` pairs (``progress`` dicts, then the final
+        ``state``: the job) until the server ends the stream (comments are skipped). ``timeout``: the
+        longest wait for one line (keep-alives arrive every 15 s)."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(timeout, connect=10.0),
+                              headers={"Accept": "text/event-stream"}) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            name, data = "message", []
+            for line in resp.iter_lines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield name, json.loads("\n".join(data))
+                    name, data = "message", []
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
         return out
@@ -271,8 +298,30 @@ class Client:
 
     # --- cohorts, models, health ----------------------------------------------------------
 
-    def create_cohort(self, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = self._request("POST", "/v1/cohorts", json={"name": name}).json()
+    def create_cohort(self, name: str, callback_url: str | None = None,
+                      expected_jobs: int | None = None) -> dict[str, Any]:
+        """A new cohort; ``callback_url`` gets one ``cohort.completed`` POST once its jobs have all finished
+        (and it holds ``expected_jobs``, when given, or was closed: :meth:`close_cohort`)."""
+        body: dict[str, Any] = {"name": name}
+        if callback_url:
+            body["callback_url"] = callback_url
+        if expected_jobs:
+            body["expected_jobs"] = expected_jobs
+        out: dict[str, Any] = self._request("POST", "/v1/cohorts", json=body).json()
+        return out
+
+    def close_cohort(self, cohort_id: str) -> dict[str, Any]:
+        """No more jobs are coming: the cohort is complete once the jobs it holds now have finished."""
+        out: dict[str, Any] = self._request("POST", f"/v1/cohorts/{cohort_id}/close").json()
+        return out
+
+    def callback_secret(self, rotate: bool = False) -> dict[str, Any]:
+        """``{secret, rotated_at, previous_valid_until}``: the secret signing this key's callbacks
+        (``rotate``: replace it first)."""
+        if rotate:
+            out: dict[str, Any] = self._request("POST", "/v1/callback-secret/rotate", retry=False).json()
+        else:
+            out = self._request("GET", "/v1/callback-secret").json()
         return out
 
     def cohort(self, cohort_id: str) -> dict[str, Any]:

@@ -14,6 +14,11 @@ restarted run skips cases already succeeded and downloaded, follows jobs still q
 instead of submitting them again, and resubmits failed or cancelled ones. Each submission carries
 an idempotency key written to the state file *before* the upload, so a crash between the upload
 and the state write cannot create a second job on restart.
+
+Callbacks: with ``callback_url`` the server cohort is created with it and ``expected_jobs`` = the
+number of cases, and it is closed (``Client.close_cohort``) once every case was submitted or refused,
+so its one ``cohort.completed`` POST comes when the accepted jobs have all finished, never earlier
+(a case still to be submitted keeps it open), and even if this process is gone by then.
 """
 
 from __future__ import annotations
@@ -113,6 +118,22 @@ class CaseRunner:
                  poll_s: float) -> None:
         self.client, self.state, self.out, self.params = client, state, out, params
         self.download, self.on_update, self.poll_s = download, on_update, poll_s
+        self._to_place, self._lock = 0, threading.Lock()  # cases still to submit (or be refused)
+
+    def plan(self, todo: list[CohortCase]) -> None:
+        """``todo`` will run: count the cases that will be submitted (or followed) on the server."""
+        self._to_place = sum(1 for c in todo if self.state.case(c.name).get("state") != "succeeded")
+
+    def _placed(self) -> None:
+        """One case submitted or refused; after the last one, close the server cohort (no more jobs)."""
+        with self._lock:
+            self._to_place -= 1
+            last = self._to_place == 0
+        if last:
+            try:
+                self.client.close_cohort(str(self.state.data["cohort_id"]))
+            except ApiError as exc:  # an older server without close: its cohort completes without it
+                log.warning("could not close cohort: %s", exc)
 
     def needs_work(self, case: CohortCase) -> bool:
         st = self.state.case(case.name)
@@ -129,7 +150,9 @@ class CaseRunner:
             except ApiError as exc:
                 if exc.status not in (413, 422):
                     raise
+                self._placed()
                 return self._refused(case, exc, t0)
+            self._placed()
         job = self.client.wait(job_id, on_progress=lambda j: self._progress(case.name, j),
                                poll_s=self.poll_s)
         self.state.update(case.name, state=job["state"], attempts=job["attempts"],
@@ -155,7 +178,8 @@ class CaseRunner:
             key = f"cohort-{self.state.data['cohort_id']}-{case.name}-{n}"
             self.state.update(case.name, submissions=n, idempotency_key=key, state="submitting",
                               job_id=None)
-        job = self.client.submit(**{r: p for r, p in case.files.items()}, params=self.params,
+        files: dict[str, Any] = dict(case.files)  # role -> path
+        job = self.client.submit(**files, params=self.params,
                                  case_name=case.name, cohort_id=self.state.data["cohort_id"],
                                  idempotency_key=key)
         self.state.update(case.name, job_id=job["id"], state=job["state"], downloaded=False)
@@ -214,14 +238,18 @@ def _rich_rows(names: list[str], enabled: bool) -> Iterator[Callable[[str, dict[
 def run_cohort(client: Client, directory: Path, out: Path, concurrency: int = 4,
                params: dict[str, Any] | None = None, download: bool = True,
                show_progress: bool = False, poll_s: float = 1.0,
-               on_update: Callable[[str, dict[str, Any]], None] | None = None) -> CohortSummary:
+               on_update: Callable[[str, dict[str, Any]], None] | None = None,
+               callback_url: str | None = None) -> CohortSummary:
     """Submit every case of ``directory``, at most ``concurrency`` in flight; resumable (see the
-    module docstring). ``on_update(case, job)`` is called after every status poll."""
+    module docstring). ``on_update(case, job)`` is called after every status poll. ``callback_url``:
+    the cohort's ``cohort.completed`` callback (a new cohort only; see the module docstring)."""
     cases = discover_cases(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = CohortState(out / STATE_FILE)
     if not state.data.get("cohort_id"):
-        state.update(cohort_id=client.create_cohort(directory.name[:200] or "cohort")["id"])
+        cohort = client.create_cohort(directory.name[:200] or "cohort", callback_url=callback_url,
+                                      expected_jobs=len(cases) if callback_url and cases else None)
+        state.update(cohort_id=cohort["id"])
     with _rich_rows([c.name for c in cases], show_progress) as show:
 
         def update(name: str, job: dict[str, Any]) -> None:
@@ -231,6 +259,7 @@ def run_cohort(client: Client, directory: Path, out: Path, concurrency: int = 4,
 
         runner = CaseRunner(client, state, out, params or {}, download, update, poll_s)
         todo = [c for c in cases if runner.needs_work(c)]
+        runner.plan(todo)
         skipped = [c for c in cases if c not in todo]
         for c in skipped:
             show(c.name, {"state": "succeeded", "progress": {}})

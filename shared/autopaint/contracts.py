@@ -166,6 +166,10 @@ class JobParams(SuvInputs):
     pet_series_uid: str | None = Field(
         default=None, pattern=r"^[0-9][0-9.]{0,63}$", description="SeriesInstanceUID of the PET series "
         "when the PET zip holds several; only for a DICOM PET")
+    callback_url: str | None = Field(
+        default=None, max_length=2048, description="POSTed (signed JSON: job.succeeded, job.failed or "
+        "job.cancelled) when the job ends; http(s), no credentials, its host resolving to public addresses "
+        "only unless the server allows more. Kept on the job (JobOut.callback_url), not in its params")
 
     def series_uids(self) -> dict[str, str]:
         """``{role: SeriesInstanceUID}`` of the series the caller picked (``load_inputs(series_uids=)``)."""

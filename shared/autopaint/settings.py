@@ -69,6 +69,31 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(default=50, gt=0)
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     upload_janitor_age_s: float = Field(default=3600.0, ge=0)  # leftover state/uploads/* older than this
+    # Callbacks (services.api.callbacks; README "Callbacks"): a job's / cohort's callback_url gets a
+    # signed POST on each terminal state, from a dispatcher thread in the API process. A URL is http(s)
+    # without credentials, and every address its host resolves to must be public unicast, unless
+    # callback_allow (comma-separated networks "10.0.0.0/8", addresses, or exact host names) allows it;
+    # checked at submit (422 callback_url_not_allowed) and again before each attempt. Attempts time out
+    # after callback_timeout_s; retries wait callback_backoff_s, doubling up to callback_backoff_max_s,
+    # callback_max_attempts in all. After a secret rotation the previous secret also signs for
+    # callback_secret_grace_s. public_url (e.g. https://autopaint.example.org) makes the links absolute.
+    callbacks_enabled: bool = True
+    callback_allow: str = ""
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    callback_max_attempts: int = Field(default=12, ge=1)
+    callback_backoff_s: float = Field(default=2.0, gt=0)
+    callback_backoff_max_s: float = Field(default=3600.0, gt=0)
+    callback_poll_s: float = Field(default=1.0, gt=0)  # the dispatcher looks for due rows this often
+    callback_concurrency: int = Field(default=4, gt=0)  # attempts in flight per API process
+    callback_secret_grace_s: float = Field(default=86400.0, ge=0)
+    public_url: str = ""
+    # Server-sent events (GET /v1/jobs/{id}/events): the row is read every events_poll_s, a comment is
+    # sent every events_keepalive_s, a stream ends after events_max_s (the client reconnects), and a
+    # key may hold max_streams_per_key streams at once (429 too_many_streams)
+    events_poll_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    events_max_s: float = Field(default=3600.0, gt=0)
+    max_streams_per_key: int = Field(default=4, gt=0)
 
     @property
     def reconcile_every_s(self) -> float:

@@ -10,7 +10,9 @@ past their 404s too. The test fails on any failure and prints a summary.
 No check is disabled. One is narrowed: ``positive_data_acceptance`` on ``POST /v1/jobs`` also
 accepts 413/422, because a schema-valid multipart upload is random bytes where the service wants a
 NIfTI or a DICOM zip — OpenAPI cannot say "a valid CT", so the content checks must reject it (the
-check still fails on a 400 or a 5xx there). Settings are bounded (max examples per operation, a time limit) so the run
+check still fails on a 400 or a 5xx there). Likewise on ``POST /v1/cohorts`` (201/422): a schema-valid
+``callback_url`` is any string, and OpenAPI cannot say "an http(s) URL whose host resolves to public
+addresses" (the URL guard answers 422 ``callback_url_not_allowed``). Settings are bounded (max examples per operation, a time limit) so the run
 stays well under a minute and a half on two cores.
 """
 
@@ -94,6 +96,11 @@ def test_openapi_contract(live: Live) -> None:
             "include-name": "POST /v1/jobs",  # (include-path + include-method would be OR-ed)
             # see the module docstring: random bytes are rightly rejected by content
             "checks": {"positive_data_acceptance": {"expected-statuses": [202, 413, 422]}},
+        }, {
+            "include-name": "POST /v1/cohorts",
+            # see the module docstring: a schema-valid callback_url is any string; the URL guard wants one
+            # whose host resolves to public addresses (422 callback_url_not_allowed)
+            "checks": {"positive_data_acceptance": {"expected-statuses": [201, 422]}},
         }],
         "phases": {
             "examples": {"enabled": True},

@@ -9,6 +9,8 @@ State machine (see DESIGN.md §5)::
       \\--request_cancel (directly)--> CANCELLED
 
 Every function takes an open ``Session``, commits its own transaction and returns plain values.
+Each transition to a terminal state queues its callbacks in that same transaction
+(``autopaint.db.callbacks.on_terminal``: the outbox the API's dispatcher delivers).
 Leases are conditional UPDATEs, so two workers that receive the same message (a re-delivery)
 cannot both run the job: only one UPDATE matches the row.
 
@@ -36,6 +38,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from autopaint.contracts import ArtifactRecord, JobState
+from autopaint.db import callbacks as outbox
 from autopaint.db.models import Artifact, Job, utcnow
 from autopaint.progress import Stage
 
@@ -253,6 +256,7 @@ def finish_job(
     job.model_sha256 = manifest.get("model_sha256") or (model or {}).get("sha256") or job.model_sha256
     job.lease_owner, job.lease_expires_at = None, None
     job.error_code, job.error_message = None, None
+    outbox.on_terminal(session, job)  # its callbacks commit with the state (autopaint.db.callbacks)
     session.commit()
     return True
 
@@ -271,6 +275,7 @@ def _terminate(session: Session, job_id: str, state: JobState, **fields: object)
         setattr(job, name, value)
     job.finished_at = now
     job.lease_owner, job.lease_expires_at = None, None
+    outbox.on_terminal(session, job)
     session.commit()
     return True
 
@@ -333,6 +338,9 @@ def request_cancel(session: Session, job_id: str) -> JobState:
         .execution_options(synchronize_session=False)
     )
     if res.rowcount == 1:  # type: ignore[attr-defined]
+        job = _get(session, job_id)
+        if job is not None:
+            outbox.on_terminal(session, job)
         session.commit()
         return JobState.CANCELLED
     session.execute(

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 models: jobs, artifacts, cohorts, api_keys.
+"""SQLAlchemy 2.0 models: jobs, artifacts, cohorts, api_keys, callback_deliveries (the callback outbox).
 
 Times are naive UTC (``utcnow()``) so that SQLite and PostgreSQL compare them the same way.
 Ids are uuid4 hex strings. The schema is created by the Alembic migrations in ``migrations/``;
@@ -7,10 +7,11 @@ Ids are uuid4 hex strings. The schema is created by the Alembic migrations in ``
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -58,6 +59,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def new_secret() -> str:
+    """A callback signing secret: 32 random bytes as 64 hex characters."""
+    return secrets.token_hex(32)
+
+
+URL_MAX = 2048  # the longest callback URL accepted (services.api.urlguard)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -74,6 +83,11 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # signs this key's callbacks (autopaint.webhooks); kept in clear, as a signing key must be. After
+    # a rotation the previous secret also signs until settings.callback_secret_grace_s has passed
+    callback_secret: Mapped[str] = mapped_column(String(64), default=new_secret)
+    callback_secret_previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    callback_secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Cohort(Base):
@@ -83,6 +97,8 @@ class Cohort(Base):
     owner_key_id: Mapped[str] = mapped_column(String(32), index=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    callback_url: Mapped[str | None] = mapped_column(String(URL_MAX), nullable=True)  # cohort.completed
+    expected_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)  # complete only with this many
 
     jobs: Mapped[list[Job]] = relationship(back_populates="cohort", passive_deletes=True)
 
@@ -126,6 +142,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {stage: seconds}
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(String(URL_MAX), nullable=True)  # job.<terminal state>
 
     cohort: Mapped[Cohort | None] = relationship(back_populates="jobs")
     artifacts: Mapped[list[Artifact]] = relationship(
@@ -147,3 +164,47 @@ class Artifact(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class CallbackDelivery(Base):
+    """The callback outbox: one row per event to POST, inserted in the transaction that makes it
+    true (``autopaint.db.callbacks``), delivered by the API's dispatcher (``services.api.callbacks``).
+
+    ``next_attempt_at`` is when the next attempt is due; NULL once the row is done (``delivered_at``
+    set, or given up after the last attempt). While an attempt runs it is pushed ahead by the claim
+    lease and ``claimed_by`` names the claim, so two API processes never send one row at once.
+    ``job_id``/``cohort_id`` become NULL when the job/cohort is deleted; the row stays sendable
+    (``owner_key_id`` picks the signing secret). One row per (job, event) and (cohort, event)."""
+
+    __tablename__ = "callback_deliveries"
+    __table_args__ = (
+        UniqueConstraint("job_id", "event", name="uq_callback_deliveries_job_event"),
+        UniqueConstraint("cohort_id", "event", name="uq_callback_deliveries_cohort_event"),
+        Index("ix_callback_deliveries_due", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_key_id: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    cohort_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("cohorts.id", ondelete="SET NULL"), nullable=True)
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(URL_MAX))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # the last attempts
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    @property
+    def status(self) -> Literal["pending", "delivered", "failed"]:
+        """``delivered``, ``pending`` (an attempt is due or running) or ``failed`` (gave up)."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "pending" if self.next_attempt_at is not None else "failed"

@@ -1,0 +1,462 @@
+"""Callbacks (issue #14): the outbox row commits with the terminal state, the dispatcher POSTs it
+signed to a real loopback receiver, retries with backoff and records each attempt on the job; a
+cohort gets exactly one ``cohort.completed``; the URL guard refuses non-http(s) schemes,
+credentials and non-public addresses at submit (422) and again at delivery time.
+
+The API runs in process (``tests.services.apikit.Api``, fake publisher); the tests play the worker
+through the job repository (the worker's own code path to a terminal state) and drive the
+dispatcher with ``run_once``. ``tests/services/test_events.py`` runs the whole round trip with a
+live service and a real worker."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from autopaint.contracts import JobState
+from autopaint.db import ApiKey, CallbackDelivery, Cohort, Job, make_engine, make_session_factory, new_id
+from autopaint.db import callbacks as outbox
+from autopaint.db import jobs as repo
+from autopaint.settings import Settings
+from autopaint.webhooks import SignatureError, parse_signature, sign, signature_header, verify
+from services.api.auth import hash_key
+from services.api.callbacks import Dispatcher
+from services.api.urlguard import UrlGuard, UrlNotAllowed, is_public
+from tests.services.apikit import Api, write_pair
+from tests.services.receiver import Receiver
+
+FAST = {"callback_allow": "127.0.0.1/32", "callback_backoff_s": 0.05, "callback_backoff_max_s": 0.2,
+        "callback_max_attempts": 3, "callback_timeout_s": 3.0, "callback_poll_s": 0.05}
+
+
+@pytest.fixture
+def cb_api(sqlite_settings: Settings) -> Iterator[Api]:
+    """The API with loopback callbacks allowed and a fast backoff."""
+    a = Api(sqlite_settings.model_copy(update=FAST))
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def _owner(api: Api, who: str = "a") -> str:
+    with api.sessions() as s:
+        key = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(api.key_a if who == "a" else api.key_b)))
+        return key.one().id
+
+
+def _secret(api: Api) -> str:
+    r = api.client.get("/v1/callback-secret", headers=api.h())
+    assert r.status_code == 200, r.text
+    return str(r.json()["secret"])
+
+
+def _job(api: Api, url: str | None, cohort_id: str | None = None) -> str:
+    """A QUEUED job row of key ``a`` (what a submit commits), without an upload."""
+    job_id = new_id()
+    with api.sessions() as s:
+        s.add(Job(id=job_id, owner_key_id=_owner(api), state=JobState.QUEUED, params={}, inputs={},
+                  callback_url=url, cohort_id=cohort_id, queue=api.settings.queue))
+        s.commit()
+    return job_id
+
+
+def _succeed(sessions: Any, job_id: str) -> None:
+    """Play the worker: lease and finish the job (``finish_job``, as the worker does)."""
+    with sessions() as s:
+        assert repo.lease_job(s, job_id, f"w-{job_id[:6]}", 60) is not None
+        assert repo.finish_job(s, job_id, {"model": {"name": "fake"}}, [])
+
+
+def _drain(d: Dispatcher, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the dispatcher did not get there in time"
+        d.run_once()
+        time.sleep(0.02)
+
+
+def _rows(api: Api) -> list[CallbackDelivery]:
+    with api.sessions() as s:
+        return list(s.scalars(select(CallbackDelivery).order_by(CallbackDelivery.created_at)))
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+
+def test_webhooks_sign_and_verify_in_one_call() -> None:
+    body = b'{"event":"job.succeeded"}'
+    headers = {"x-autopaint-signature": signature_header(["new", "old"], body, timestamp=1000)}
+    assert verify("new", headers, body, now=1000) == {"event": "job.succeeded"}
+    assert verify("old", headers, body, now=1299)["event"] == "job.succeeded"  # a rotation's grace
+    assert parse_signature(headers["x-autopaint-signature"])[1] == [sign("new", body, 1000), sign("old", body, 1000)]
+    for secret, hdrs, raw, now in (("wrong", headers, body, 1000), ("new", headers, body + b" ", 1000),
+                                   ("new", headers, body, 1301), ("new", {}, body, 1000),
+                                   ("new", {"X-Autopaint-Signature": "t=abc,v1="}, body, 1000)):
+        with pytest.raises(SignatureError):
+            verify(secret, hdrs, raw, now=now)
+
+
+def test_signed_callback_on_success_verifies_with_the_keys_secret(cb_api: Api, receiver: Receiver,
+                                                                   tmp_path: Path) -> None:
+    ct, pet = write_pair(tmp_path / "in")
+    r = cb_api.submit({"ct": ct, "pet": pet}, {"callback_url": receiver.url("/hooks/a?tag=1")})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["callback_url"] == receiver.url("/hooks/a?tag=1") and r.json()["callbacks"] == []
+    assert "callback_url" not in r.json()["params"]  # kept on the job, not in what the worker reads
+    _succeed(cb_api.sessions, job_id)
+    assert [(c.event, c.status) for c in _rows(cb_api)] == [("job.succeeded", "pending")]  # with the state
+    d = Dispatcher(cb_api.settings, cb_api.sessions)
+    assert d.run_once() == 1
+    (got,) = receiver.wait(1)
+    assert got.path == "/hooks/a?tag=1" and got.headers["host"] == f"127.0.0.1:{receiver.port}"
+    event = verify(_secret(cb_api), got.headers, got.body)
+    assert event["event"] == got.headers["x-autopaint-event"] == "job.succeeded"
+    assert event["id"] == got.headers["x-autopaint-delivery"] and got.headers["x-autopaint-attempt"] == "1"
+    assert event["job"]["id"] == job_id and event["job"]["state"] == "succeeded" and event["job"]["finished_at"]
+    assert event["links"]["results"] == f"/v1/jobs/{job_id}/results"
+    for secret, body, now in (("0" * 64, got.body, None), (_secret(cb_api), got.body.replace(b"succeeded", b"failed"),
+                                                          None), (_secret(cb_api), got.body, time.time() + 301)):
+        with pytest.raises(SignatureError):
+            verify(secret, got.headers, body, now=now)
+    (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
+    assert cb["status"] == "delivered" and cb["attempts"] == 1 and cb["last_status_code"] == 200
+    assert cb["delivered_at"] and cb["next_attempt_at"] is None and cb["id"] == event["id"]
+    assert cb_api.client.get("/v1/jobs", headers=cb_api.h()).json()["items"][0]["callbacks"] == [cb]
+    d.stop()
+
+
+def test_secret_rotation_signs_with_both_during_the_grace(cb_api: Api, receiver: Receiver) -> None:
+    old = _secret(cb_api)
+    r = cb_api.client.post("/v1/callback-secret/rotate", headers=cb_api.h())
+    assert r.status_code == 200 and r.json()["secret"] != old and r.json()["previous_valid_until"]
+    new = r.json()["secret"]
+    assert _secret(cb_api) == new and len(new) == 64
+    assert cb_api.client.get("/v1/callback-secret", headers=cb_api.h("b")).json()["secret"] not in (old, new)
+    _succeed(cb_api.sessions, _job(cb_api, receiver.url()))
+    d = Dispatcher(cb_api.settings, cb_api.sessions)
+    d.run_once()
+    (got,) = receiver.wait(1)
+    assert verify(new, got.headers, got.body) and verify(old, got.headers, got.body)
+    no_grace = Dispatcher(cb_api.settings.model_copy(update={"callback_secret_grace_s": 0.0}), cb_api.sessions)
+    _succeed(cb_api.sessions, _job(cb_api, receiver.url()))
+    no_grace.run_once()
+    got = receiver.wait(2)[1]
+    assert verify(new, got.headers, got.body)
+    with pytest.raises(SignatureError):
+        verify(old, got.headers, got.body)
+    d.stop()
+    no_grace.stop()
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def test_retry_after_500_then_200_is_recorded_on_the_job(cb_api: Api) -> None:
+    with Receiver([500, 200]) as receiver:
+        job_id = _job(cb_api, receiver.url())
+        with cb_api.sessions() as s:
+            repo.lease_job(s, job_id, "w", 60)
+            repo.fail_job(s, job_id, "boom", "the pipeline failed")
+        d = Dispatcher(cb_api.settings, cb_api.sessions)
+        assert d.run_once() == 1
+        (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
+        assert (cb["status"], cb["attempts"], cb["last_status_code"], cb["last_error"]) == ("pending", 1, 500, "HTTP 500")
+        _drain(d, lambda: len(receiver.requests) == 2 and _rows(cb_api)[0].delivered_at is not None)
+        first, second = receiver.requests
+        secret = _secret(cb_api)
+        assert verify(secret, first.headers, first.body) == verify(secret, second.headers, second.body)
+        assert first.headers["x-autopaint-delivery"] == second.headers["x-autopaint-delivery"]  # receivers dedupe
+        assert (first.headers["x-autopaint-attempt"], second.headers["x-autopaint-attempt"]) == ("1", "2")
+        event = json.loads(second.body)
+        assert event["event"] == "job.failed" and event["job"]["error_code"] == "boom"
+        (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
+        assert (cb["status"], cb["attempts"], cb["last_status_code"], cb["last_error"]) == ("delivered", 2, 200, None)
+        assert cb["delivered_at"] and cb["next_attempt_at"] is None
+        assert [h["status_code"] for h in _rows(cb_api)[0].history] == [500, 200]
+        d.stop()
+
+
+def test_gives_up_after_max_attempts_and_a_refused_connection_is_an_error(cb_api: Api) -> None:
+    with Receiver([503] * 10) as receiver:
+        job_id = _job(cb_api, receiver.url())
+        with cb_api.sessions() as s:
+            assert repo.request_cancel(s, job_id) == JobState.CANCELLED  # the API's cancel of a queued job
+        d = Dispatcher(cb_api.settings, cb_api.sessions)
+        _drain(d, lambda: _rows(cb_api)[0].status == "failed")
+        assert len(receiver.requests) == 3 and json.loads(receiver.requests[0].body)["event"] == "job.cancelled"
+    row = _rows(cb_api)[0]
+    assert (row.attempts, row.last_status_code, row.next_attempt_at) == (3, 503, None)
+    assert outbox.backoff_s(1, 2.0, 60) == 2 and outbox.backoff_s(4, 2.0, 60) == 16 and outbox.backoff_s(9, 2.0, 60) == 60
+    closed = _job(cb_api, receiver.url())  # the receiver is gone now: connection refused
+    with cb_api.sessions() as s:
+        repo.fail_job(s, closed, "x", "y")
+    d.run_once()
+    row = next(r for r in _rows(cb_api) if r.job_id == closed)
+    assert row.attempts == 1 and row.last_status_code is None and "connect" in (row.last_error or "")
+    d.stop()
+
+
+# --- cohorts ------------------------------------------------------------------------------------
+
+
+def test_cohort_gets_exactly_one_completed_callback(cb_api: Api, receiver: Receiver) -> None:
+    r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url("/cohort")},
+                           headers=cb_api.h())
+    assert r.status_code == 201, r.text
+    cohort_id = r.json()["id"]
+    jobs = [_job(cb_api, None, cohort_id) for _ in range(3)]
+    _succeed(cb_api.sessions, jobs[0])
+    with cb_api.sessions() as s:
+        repo.fail_job(s, jobs[1], "bad", "bad")
+    assert _rows(cb_api) == []  # one job is still queued
+    with cb_api.sessions() as s:
+        repo.request_cancel(s, jobs[2])
+        outbox.on_terminal(s, s.get(Job, jobs[2]))  # a second trigger for the same completion
+        s.commit()
+    d = Dispatcher(cb_api.settings, cb_api.sessions)
+    _drain(d, lambda: len(receiver.requests) >= 1)
+    d.run_once()
+    (got,) = receiver.requests
+    event = verify(_secret(cb_api), got.headers, got.body)
+    assert event["event"] == "cohort.completed" and event["cohort"]["id"] == cohort_id
+    assert event["cohort"]["counts"] == {"succeeded": 1, "failed": 1, "cancelled": 1}
+    assert event["links"]["metrics_csv"] == f"/v1/cohorts/{cohort_id}/metrics.csv"
+    body = cb_api.client.get(f"/v1/cohorts/{cohort_id}", headers=cb_api.h()).json()
+    assert [(c["event"], c["status"]) for c in body["callbacks"]] == [("cohort.completed", "delivered")]
+    d.stop()
+
+
+def test_cohort_with_expected_jobs_waits_for_them(cb_api: Api, receiver: Receiver) -> None:
+    r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url(), "expected_jobs": 2},
+                           headers=cb_api.h())
+    cohort_id = r.json()["id"]
+    _succeed(cb_api.sessions, _job(cb_api, None, cohort_id))
+    assert _rows(cb_api) == []  # all finished, but only 1 of the 2 expected jobs exists
+    _succeed(cb_api.sessions, _job(cb_api, None, cohort_id))
+    assert [c.event for c in _rows(cb_api)] == ["cohort.completed"]
+
+
+def _finish_at_once(sessions: Any, barrier: threading.Barrier, job_id: str) -> None:
+    with sessions() as s:
+        barrier.wait()
+        repo.finish_job(s, job_id, {}, [])
+
+
+def _race(url: str, rounds: int = 3, n: int = 6) -> None:
+    """``n`` jobs of a cohort finish at the same moment in ``n`` threads: every round ends with exactly
+    one ``cohort.completed`` row (none lost, none doubled)."""
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    try:
+        for _ in range(rounds):
+            cohort_id, ids = new_id(), [new_id() for _ in range(n)]
+            with sessions() as s:
+                s.add(Cohort(id=cohort_id, owner_key_id="race", name="race", callback_url="http://192.0.2.1/"))
+                s.add_all(Job(id=j, owner_key_id="race", cohort_id=cohort_id, state=JobState.RUNNING,
+                              lease_owner="w", params={}, inputs={}) for j in ids)
+                s.commit()
+            barrier = threading.Barrier(n)
+            threads = [threading.Thread(target=_finish_at_once, args=(sessions, barrier, j)) for j in ids]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            with sessions() as s:
+                assert all(s.get(Job, j).state == JobState.SUCCEEDED for j in ids)  # type: ignore[union-attr]
+                rows = s.scalars(select(CallbackDelivery.event).where(CallbackDelivery.cohort_id == cohort_id)).all()
+            assert rows == ["cohort.completed"]
+    finally:
+        engine.dispose()
+
+
+def test_cohort_completion_race_sqlite(sqlite_settings: Settings) -> None:
+    _race(sqlite_settings.database_url)
+
+
+@pytest.mark.services
+def test_cohort_completion_race_postgresql(make_pg_database: Callable[[], str]) -> None:
+    from autopaint.db.migrate import upgrade
+
+    url = make_pg_database()
+    upgrade(url)
+    _race(url)
+
+
+# --- the URL guard ------------------------------------------------------------------------------
+
+REFUSED = ["ftp://example.org/hook", "file:///etc/passwd", "gopher://127.0.0.1:70/_x", "http://127.0.0.1:9/x",
+           "http://169.254.169.254/latest/meta-data/", "http://[::1]:8080/", "http://10.1.2.3/hook",
+           "http://[::ffff:127.0.0.1]/", "http://2130706433/", "http://localhost/", "http://user:pw@example.org/",
+           "http:///nohost", "http://exa mple.org/", "not a url"]
+
+
+@pytest.mark.parametrize("url", REFUSED)
+def test_submit_refuses_urls_outside_the_policy(api: Api, url: str) -> None:
+    r = api.client.post("/v1/cohorts", json={"name": "c", "callback_url": url}, headers=api.h())
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "callback_url_not_allowed" and r.json()["status"] == 422
+
+
+def test_job_submit_refuses_a_private_callback_and_stores_nothing(api: Api, tmp_path: Path) -> None:
+    ct, pet = write_pair(tmp_path / "in")
+    r = api.submit({"ct": ct, "pet": pet}, {"callback_url": "http://169.254.169.254/latest/meta-data/"})
+    assert r.status_code == 422 and r.json()["code"] == "callback_url_not_allowed", r.text
+    assert api.stored_files() == [] and api.publisher.published == []
+    off = api.settings.model_copy(update={"callbacks_enabled": False})
+    with pytest.raises(UrlNotAllowed) as err:
+        UrlGuard.from_settings(off).check("https://example.org/")
+    assert err.value.code == "callbacks_disabled"
+
+
+@pytest.mark.parametrize(("addr", "public"), [
+    ("8.8.8.8", True), ("2606:4700:4700::1111", True), ("::ffff:8.8.8.8", True),
+    ("127.0.0.1", False), ("10.0.0.1", False), ("172.16.5.4", False), ("192.168.1.1", False), ("100.64.0.1", False),
+    ("169.254.169.254", False), ("0.0.0.0", False), ("224.0.0.1", False), ("240.0.0.1", False),
+    ("255.255.255.255", False), ("192.0.2.1", False), ("::1", False), ("::", False), ("fe80::1", False),
+    ("fc00::1", False), ("fd12:3456::1", False), ("ff02::1", False), ("::ffff:10.0.0.1", False),
+    ("::ffff:169.254.169.254", False), ("2002:7f00:1::", False), ("64:ff9b::a9fe:a9fe", False), ("fec0::1", False),
+])
+def test_public_addresses(addr: str, public: bool) -> None:
+    assert is_public(ipaddress.ip_address(addr)) is public
+
+
+def test_allow_list_admits_networks_and_host_names(sqlite_settings: Settings) -> None:
+    guard = UrlGuard.from_settings(sqlite_settings.model_copy(update={"callback_allow": "10.0.0.0/8, localhost"}))
+    assert guard.check("http://10.1.2.3:8080/x").addresses == (ipaddress.ip_address("10.1.2.3"),)
+    assert guard.check("http://localhost/x").host == "localhost"
+    for url in ("http://172.16.0.1/", "https://" + "a" * 2100 + ".org/"):
+        with pytest.raises(UrlNotAllowed):
+            guard.check(url)
+    with pytest.raises(ValueError):
+        UrlGuard.from_settings(sqlite_settings.model_copy(update={"callback_allow": "10.0.0.0/8,bad host!"}))
+
+
+def test_delivery_time_guard_refuses_and_records(cb_api: Api, receiver: Receiver) -> None:
+    """Allowed at submit, refused at delivery (the operator narrowed the allow list): not sent, the
+    refusal is the attempt's error and the row is retried later."""
+    r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url()}, headers=cb_api.h())
+    assert r.status_code == 201, r.text
+    job_id = _job(cb_api, receiver.url())
+    _succeed(cb_api.sessions, job_id)
+    strict = Dispatcher(cb_api.settings.model_copy(update={"callback_allow": ""}), cb_api.sessions)
+    assert strict.run_once() == 1
+    time.sleep(0.2)
+    assert receiver.requests == []
+    (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
+    assert cb["status"] == "pending" and cb["attempts"] == 1 and cb["last_status_code"] is None
+    assert cb["last_error"].startswith("callback_url_not_allowed: ") and "127.0.0.1" in cb["last_error"]
+    strict.stop()
+
+
+def test_other_keys_and_anonymous_callers(api: Api, sqlite_settings: Settings) -> None:
+    job_id = _job(api, None)
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.h("b")).status_code == 404
+    assert api.client.get("/v1/callback-secret").status_code == 401
+    anon = Api(sqlite_settings.model_copy(update={"api_key_required": False}))
+    try:
+        r = anon.client.get("/v1/callback-secret")
+        assert r.status_code == 409 and r.json()["code"] == "no_api_key"
+        r = anon.client.post("/v1/cohorts", json={"name": "c", "callback_url": "https://example.org/"})
+        assert r.status_code == 422 and r.json()["code"] == "callback_requires_api_key"
+    finally:
+        anon.close()
+
+
+def test_cohort_client_closes_its_cohort_after_the_last_submit(cb_api: Api, receiver: Receiver,
+                                                                tmp_path: Path) -> None:
+    """``run_cohort(callback_url=...)``: the cohort expects every case, a refused case does not keep it
+    open (the client closes it after the last submit), and its one callback counts the accepted jobs."""
+    from autopaint.client import Client
+    from autopaint.client_cohort import run_cohort
+
+    cohort_dir = tmp_path / "cohort"
+    write_pair(cohort_dir / "a_ok")
+    (cohort_dir / "b_refused").mkdir(parents=True)
+    (cohort_dir / "b_refused" / "ct.nii.gz").write_bytes(b"not a nifti")
+    finished: set[str] = set()
+
+    def play_worker(_case: str, job: dict[str, Any]) -> None:  # the job runs when the client first sees it
+        if job.get("id") and job["id"] not in finished:
+            finished.add(job["id"])
+            _succeed(cb_api.sessions, job["id"])
+
+    with Client("http://testserver", cb_api.key_a, transport=cb_api.client._transport) as c:  # type: ignore[attr-defined]
+        summary = run_cohort(c, cohort_dir, tmp_path / "out", params={"suv_already": True}, download=False,
+                             poll_s=0.05, on_update=play_worker, callback_url=receiver.url("/cohort"))
+    assert (summary.succeeded, summary.failed) == (1, 1)
+    d = Dispatcher(cb_api.settings, cb_api.sessions)
+    _drain(d, lambda: len(receiver.requests) == 1)
+    event = verify(_secret(cb_api), receiver.requests[0].headers, receiver.requests[0].body)
+    assert event["event"] == "cohort.completed" and event["cohort"]["counts"] == {"succeeded": 1}
+    cohort = cb_api.client.get(f"/v1/cohorts/{event['cohort']['id']}", headers=cb_api.h()).json()
+    assert cohort["expected_jobs"] == 1 and cohort["callback_url"] == receiver.url("/cohort")
+    d.stop()
+
+
+def _claims_are_exclusive(url: str) -> None:
+    """Two dispatchers (API processes) claiming at once never get the same row."""
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    try:
+        ids = [new_id() for _ in range(12)]
+        with sessions() as s:
+            for i in ids:
+                outbox._insert_once(s, {"owner_key_id": "o", "job_id": None, "cohort_id": None, "event": "job.failed",
+                                        "url": "http://192.0.2.1/", "payload": {}, "id": i})
+            s.commit()
+        barrier, got = threading.Barrier(2), [[], []]
+
+        def claim(k: int) -> None:
+            with sessions() as s:
+                barrier.wait()
+                got[k] = [d.id for d in outbox.claim_due(s, 12, 60)]
+
+        threads = [threading.Thread(target=claim, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not set(got[0]) & set(got[1]) and set(got[0]) | set(got[1]) == set(ids)
+    finally:
+        engine.dispose()
+
+
+def test_claims_are_exclusive_sqlite(sqlite_settings: Settings) -> None:
+    _claims_are_exclusive(sqlite_settings.database_url)
+
+
+@pytest.mark.services
+def test_claims_are_exclusive_postgresql(make_pg_database: Callable[[], str]) -> None:
+    from autopaint.db.migrate import upgrade
+
+    url = make_pg_database()
+    upgrade(url)
+    _claims_are_exclusive(url)
+
+
+def test_admin_create_key_prints_the_callback_secret(sqlite_settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    env = {"AUTOPAINT_STATE_DIR": str(sqlite_settings.state_dir), "AUTOPAINT_DATABASE_URL": sqlite_settings.database_url}
+    result = CliRunner().invoke(app, ["admin", "create-key", "--name", "hooks"], env=env)
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[0]
+    with make_session_factory(make_engine(sqlite_settings.database_url))() as s:
+        key = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(token))).one()
+    assert f"callback signing secret: {key.callback_secret}" in result.output and len(key.callback_secret) == 64
