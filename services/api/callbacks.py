@@ -16,7 +16,11 @@ is sent by one) and POSTs each one from a small thread pool:
   the environment's proxies are not used; only a 2xx counts as delivered;
 - every attempt is recorded on the row (attempts, last status code or error, a short history); a
   failed one is retried after ``callback_backoff_s`` x 2^(attempts-1) (capped by
-  ``callback_backoff_max_s``) until ``callback_max_attempts``.
+  ``callback_backoff_max_s``), spread by +-``callback_jitter``, until ``callback_max_attempts``;
+- every ``callback_purge_every_s`` the thread deletes at most ``callback_purge_batch`` rows that are
+  done (delivered or given up) and older than ``callback_retention_days`` (the next batch comes
+  after one poll interval while a batch was full; 0 days keeps every row; a cohort's row stays
+  while its cohort exists: ``autopaint.db.callbacks.purge_finished``).
 
 Receivers get each event at least once (an API process that dies mid-attempt leaves the row to be
 claimed again after its lease); they dedupe on ``X-Autopaint-Delivery``.
@@ -25,11 +29,13 @@ claimed again after its lease); they dedupe on ``X-Autopaint-Delivery``.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -37,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autopaint import __version__
 from autopaint.db import callbacks as outbox
+from autopaint.db import utcnow
 from autopaint.settings import Settings
 from autopaint.webhooks import (
     ATTEMPT_HEADER,
@@ -69,12 +76,15 @@ def render(due: outbox.Due, public_url: str) -> bytes:
 
 
 class Dispatcher:
-    """Claims due outbox rows and POSTs them; ``run_once`` for one round (tests), ``start`` for the
-    daemon thread."""
+    """Claims due outbox rows and POSTs them; ``run_once`` for one round and ``purge_once`` for one
+    retention batch (tests), ``start`` for the daemon thread. ``rng`` draws the retries' jitter (a
+    seeded ``random.Random`` makes it reproducible)."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], guard: UrlGuard | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, rng: random.Random | None = None) -> None:
         self.settings, self.sessions = settings, sessions
+        self.rng = rng if rng is not None else random.Random()
+        self._next_purge = 0.0  # time.monotonic() of the next retention sweep (the first: at start)
         self.guard = guard if guard is not None else UrlGuard.from_settings(settings)
         self.http = httpx.Client(timeout=settings.callback_timeout_s, follow_redirects=False, trust_env=False,
                                  transport=transport, headers={"User-Agent": f"autopaint-callbacks/{__version__}"})
@@ -124,7 +134,7 @@ class Dispatcher:
         s = self.settings
         with self.sessions() as session:
             outbox.record_attempt(session, due, outcome, s.callback_max_attempts, s.callback_backoff_s,
-                                  s.callback_backoff_max_s)
+                                  s.callback_backoff_max_s, s.callback_jitter, self.rng)
         log.info("callback %s %s -> %s (attempt %d)", due.id, due.event,
                  outcome.status_code if outcome.error is None else outcome.error, due.attempts + 1)
 
@@ -165,8 +175,37 @@ class Dispatcher:
             return status, None if 200 <= status < 300 else f"HTTP {status}"
         return None, error
 
+    def purge_once(self) -> int:
+        """Delete one batch (``callback_purge_batch``) of done rows older than the retention; returns
+        how many (0 when ``callback_retention_days`` is 0: rows are kept)."""
+        s = self.settings
+        if s.callback_retention_days <= 0:
+            return 0
+        cutoff = utcnow() - timedelta(days=s.callback_retention_days)
+        with self.sessions() as session:
+            n = outbox.purge_finished(session, cutoff, s.callback_purge_batch)
+        if n:
+            log.info("callback outbox: deleted %d delivered or given-up rows older than %g days", n,
+                     s.callback_retention_days)
+        return n
+
+    def _maybe_purge(self) -> None:
+        """A retention sweep when one is due: every ``callback_purge_every_s``, or after one poll
+        interval while the last batch was full (a backlog goes in bounded batches, not one DELETE)."""
+        now = time.monotonic()
+        if now < self._next_purge:
+            return
+        s = self.settings
+        try:
+            full = self.purge_once() >= s.callback_purge_batch
+        except Exception as exc:  # the database blinked: the next sweep tries again
+            log.warning("callback outbox purge: %s: %s", type(exc).__name__, exc)
+            full = False
+        self._next_purge = now + (s.callback_poll_s if full else s.callback_purge_every_s)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._maybe_purge()
             try:
                 started = self._fill()
             except Exception as exc:  # the database blinked: try again next round

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     callback_poll_s: float = Field(default=1.0, gt=0)  # the dispatcher looks for due rows this often
     callback_concurrency: int = Field(default=4, gt=0)  # attempts in flight per API process
     callback_secret_grace_s: float = Field(default=86400.0, ge=0)
+    # Each retry's wait is spread by +-callback_jitter (a fraction: 0.2 = +-20 %) so that the callbacks
+    # of many jobs that failed together do not come back together. Delivered and given-up outbox rows
+    # older than callback_retention_days are deleted by the dispatcher: at most callback_purge_batch
+    # rows every callback_purge_every_s (sooner while there are more); 0 days keeps them forever.
+    callback_jitter: float = Field(default=0.2, ge=0, lt=1)
+    callback_retention_days: float = Field(default=30.0, ge=0)
+    callback_purge_every_s: float = Field(default=3600.0, gt=0)
+    callback_purge_batch: int = Field(default=500, gt=0)
     public_url: str = ""
     # Server-sent events (GET /v1/jobs/{id}/events): the row is read every events_poll_s, a comment is
     # sent every events_keepalive_s, a stream ends after events_max_s (the client reconnects), and a

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -35,6 +36,27 @@ class Live:
     url: str
     key: str
     other_key: str
+    database_url: str = ""
+
+    def queued_job(self, case_name: str) -> str:
+        """A QUEUED job of ``key`` on a queue no worker serves: it stays queued until cancelled."""
+        from sqlalchemy import select
+
+        from autopaint.contracts import JobState
+        from autopaint.db import ApiKey, Job, make_engine, make_session_factory, new_id
+        from services.api.auth import hash_key
+
+        engine = make_engine(self.database_url)
+        try:
+            with make_session_factory(engine)() as s:
+                owner = s.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_key(self.key))).one()
+                job = Job(id=new_id(), owner_key_id=owner, state=JobState.QUEUED, params={}, inputs={},
+                          queue="nobody-listens", case_name=case_name)
+                s.add(job)
+                s.commit()
+                return job.id
+        finally:
+            engine.dispose()
 
 
 @dataclass
@@ -79,7 +101,7 @@ def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         "AUTOPAINT_TEST_PIPELINE": "tests.browser.fake_results:labelled", "AUTOPAINT_TEST_SLOW_S": "3",
         "AUTOPAINT_MODELS_DIR": str(mdir)})
     with service.running():
-        live = Live(service.url, api_key(settings), api_key(settings))
+        live = Live(service.url, api_key(settings), api_key(settings), settings.database_url)
         with Client(live.url, live.key) as c:
             c.wait_ready(timeout=30)
         yield live
@@ -109,11 +131,20 @@ class Page:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.urls: list[str] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
-        self.page.on("request", lambda r: self.urls.append(r.url))
+        self.page.on("request", self._request)
         self.page.add_init_script("document.addEventListener('securitypolicyviolation', e => "
                                   "(window.__csp = window.__csp || []).push(e.violatedDirective + ' ' + e.blockedURI))")
+
+    def _request(self, r: Any) -> None:
+        self.urls.append(r.url)
+        self.requests.append((r.method, urlsplit(r.url).path))
+
+    def count(self, method: str, path: str) -> int:
+        """How many requests of ``method`` to exactly ``path`` the page made."""
+        return sum(1 for m, p in self.requests if (m, p) == (method, path))
 
     def sign_in(self, key: str) -> None:
         p = self.page
@@ -189,20 +220,34 @@ def test_upload_progress_result(page: Page, live: Live, case: Case,
     p.click("#submit")
 
     p.wait_for_selector("#progress", timeout=30_000)
-    states, progress_texts, shot, deadline = set(), set(), False, time.monotonic() + 120
+    job_id = p.url.split("#/job/")[1]
+    seen: list[tuple[str, str, str, str]] = []  # (state, stage, feed, text) of each new panel
+    shot, deadline = False, time.monotonic() + 120
     while not p.query_selector("#lesions") and time.monotonic() < deadline:
         el = p.query_selector("#progress")
         if el is not None:
-            states.add(el.get_attribute("data-state"))
-            text = el.inner_text()
-            progress_texts.add(text)
-            if "/ 20" in text and not shot:  # circles visible while searching
+            try:
+                snap = (el.get_attribute("data-state") or "", el.get_attribute("data-stage") or "",
+                        el.get_attribute("data-feed") or "", el.inner_text())
+            except Exception:  # replaced by the next event (or the result) meanwhile
+                continue
+            if not seen or seen[-1] != snap:
+                seen.append(snap)
+            if "/ 20" in snap[3] and not shot:  # circles visible while searching
                 screenshot(p.screenshot(), "viewer-progress.png")
                 shot = True
-        time.sleep(0.15)
+        time.sleep(0.1)
+    states = {s[0] for s in seen}
     assert p.query_selector("#lesions"), f"no result view; states seen {states}"
     assert "running" in states, states
-    assert any("Circles" in t and "/ 20" in t for t in progress_texts), progress_texts
+    assert any("Circles" in t and "/ 20" in t for *_, t in seen), seen
+    # followed through the event stream, not by polling: one stream, the job read at most a few times
+    # (once on opening, once when it started), and the panel advanced through the search step by step
+    assert page.count("GET", f"/v1/jobs/{job_id}/events") >= 1, page.requests
+    assert page.count("GET", f"/v1/jobs/{job_id}") <= 3, page.requests
+    streamed = [t for state, stage, feed, t in seen if feed == "stream" and state == "running" and stage == "searching"]
+    assert len({t for t in streamed if "/ 20" in t}) >= 2, seen
+    assert all(state != "succeeded" for state, *_ in seen), "the panel showed success before the result"
     assert p.get_attribute("#lesions", "data-count") == "2"
     vols = [float(td.inner_text()) for td in p.query_selector_all("#lesions tbody tr td:nth-child(2)")]
     assert vols == pytest.approx([round(les["volume_ml"], 1) for les in case.lesions], abs=0.051)
@@ -216,6 +261,76 @@ def test_upload_progress_result(page: Page, live: Live, case: Case,
     assert "succeeded" in row.inner_text()
     screenshot(p.screenshot(), "viewer-jobs.png")
     page.check_clean()
+
+
+def test_progress_falls_back_to_polling_and_reopens_the_stream(page: Page, live: Live) -> None:
+    """The event stream fails (a network error, then a 503): the page polls the job with backoff,
+    tries the stream again after each poll, follows it once it opens, and the stream's final
+    ``state`` event (a cancel) ends the view."""
+    p = page.page
+    answers = ["abort", "503"]  # then the real stream
+
+    def events_route(route: Any) -> None:
+        what = answers.pop(0) if answers else "continue"
+        if what == "abort":
+            route.abort("failed")
+        elif what == "503":
+            route.fulfill(status=503, content_type="application/json", headers={"Retry-After": "1"},
+                          body='{"code":"unavailable","detail":"try later","status":503}')
+        else:
+            route.continue_()
+
+    page.sign_in(live.key)
+    job_id = live.queued_job("phantom-fallback")
+    p.route("**/v1/jobs/*/events", events_route)
+    started = time.monotonic()
+    p.goto(f"{live.url}/viewer#/job/{job_id}")
+    p.wait_for_selector("#progress[data-state=queued][data-feed=poll]", timeout=10_000)
+    p.wait_for_selector("#progress[data-feed=stream]", timeout=20_000)
+    waited = time.monotonic() - started
+    events, polls = f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}"
+    assert page.count("GET", events) == 3, page.requests  # failed, failed, open
+    assert page.count("GET", polls) == 3, page.requests  # the first read, then one poll per failure
+    assert waited >= 2.5, f"no backoff between the tries ({waited:.1f} s)"  # 1 s, then 2 s
+    p.wait_for_timeout(1500)  # the open stream: no more polls
+    assert page.count("GET", polls) == 3 and page.count("GET", events) == 3, page.requests
+    with Client(live.url, live.key) as c:
+        assert c.http.post(f"/v1/jobs/{job_id}/cancel").status_code in (200, 202)
+    p.wait_for_selector("#progress[data-state=cancelled]", timeout=10_000)
+    assert "cancelled" in p.inner_text(".alert")
+    assert not p.query_selector("#cancel")
+    assert page.count("GET", polls) == 3, page.requests  # the state event carried the whole job
+    page.check_clean(allowed=("503", "ERR_FAILED"))
+
+
+def test_sse_parser_in_chromium(browser: Any) -> None:
+    """viewer/src/sse.js parses a stream split at every possible place (CR LF across chunks, CR
+    alone, comments, retry, ids, multi-line and empty data, an unfinished last event)."""
+    from tests.browser.conftest import ROOT
+
+    source = (ROOT / "viewer" / "src" / "sse.js").read_text().replace("export class", "class")
+    stream = ("retry: 2000\r\n\r\n: keep-alive\n\nevent: progress\ndata: {\"a\":1}\r\n\r\n"
+              "data: x\ndata:y\rid: 7\r\rdata\n\nretry: soon\nfoo: bar\nevent: state\ndata: {\"b\":2}\n\n"
+              "event: lost\ndata: partial")
+    want = [["retry", 2000], ["comment", "keep-alive"], ["progress", '{"a":1}', ""], ["message", "x\ny", "7"],
+            ["message", "", "7"], ["state", '{"b":2}', "7"]]
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        got = pg.evaluate("""([source, stream]) => {
+            const SseParser = new Function(source + '; return SseParser')()
+            const out = {}
+            for (const size of [1, 2, 3, 5, 7, 11, stream.length]) {
+              const got = []
+              const p = new SseParser({ onEvent: (t, d, i) => got.push([t, d, i]), onRetry: (ms) => got.push(['retry', ms]),
+                                        onComment: (c) => got.push(['comment', c]) })
+              for (let i = 0; i < stream.length; i += size) p.push(stream.slice(i, i + size))
+              out[size] = got
+            }
+            return out }""", [source, stream])
+    finally:
+        context.close()
+    assert got and all(events == want for events in got.values()), got
 
 
 def test_mask_outline_is_drawn_where_the_label_is(page: Page, live: Live, jobs: dict[str, str],

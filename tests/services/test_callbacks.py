@@ -12,17 +12,30 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
+from sqlalchemy import update as sa_update
 
 from autopaint.contracts import JobState
-from autopaint.db import ApiKey, CallbackDelivery, Cohort, Job, make_engine, make_session_factory, new_id
+from autopaint.db import (
+    ApiKey,
+    CallbackDelivery,
+    Cohort,
+    Job,
+    make_engine,
+    make_session_factory,
+    new_id,
+    utcnow,
+)
 from autopaint.db import callbacks as outbox
 from autopaint.db import jobs as repo
 from autopaint.settings import Settings
@@ -208,6 +221,143 @@ def test_gives_up_after_max_attempts_and_a_refused_connection_is_an_error(cb_api
     row = next(r for r in _rows(cb_api) if r.job_id == closed)
     assert row.attempts == 1 and row.last_status_code is None and "connect" in (row.last_error or "")
     d.stop()
+
+
+def test_backoff_jitter_stays_within_its_bounds_and_spreads() -> None:
+    """+-20 % around the exponential backoff (capped first): every draw within the bounds, the draws
+    spread over them, reproducible with a seeded generator, exact without jitter."""
+    for attempts, plain in ((1, 2.0), (2, 4.0), (4, 16.0), (9, 60.0), (12, 60.0)):
+        assert outbox.backoff_s(attempts, 2.0, 60) == plain
+        rng = random.Random(attempts)
+        draws = [outbox.backoff_s(attempts, 2.0, 60, 0.2, rng) for _ in range(500)]
+        assert all(0.8 * plain <= d <= 1.2 * plain for d in draws)
+        assert min(draws) < 0.83 * plain and max(draws) > 1.17 * plain  # the whole range is used
+        assert abs(sum(draws) / len(draws) - plain) < 0.03 * plain  # centred on the plain backoff
+        again = random.Random(attempts)
+        assert draws == [outbox.backoff_s(attempts, 2.0, 60, 0.2, again) for _ in range(500)]
+
+
+def test_a_retry_is_scheduled_with_the_seeded_jitter(cb_api: Api) -> None:
+    settings = cb_api.settings.model_copy(update={"callback_backoff_s": 10.0, "callback_backoff_max_s": 100.0,
+                                                   "callback_jitter": 0.2})
+    want = [10.0 * random.Random(42).uniform(0.8, 1.2), 20.0 * random.Random(43).uniform(0.8, 1.2)]
+    waits = []
+    with Receiver([500] * 4) as receiver:
+        for seed in (42, 43):
+            job_id = _job(cb_api, receiver.url())
+            with cb_api.sessions() as s:
+                repo.fail_job(s, job_id, "boom", "boom")
+                if seed == 43:  # a second failure: 2 x the base
+                    s.execute(sa_update(CallbackDelivery).where(CallbackDelivery.job_id == job_id).values(attempts=1))
+                    s.commit()
+            d = Dispatcher(settings, cb_api.sessions, rng=random.Random(seed))
+            assert d.run_once() == 1
+            d.stop()
+            row = next(r for r in _rows(cb_api) if r.job_id == job_id)
+            assert row.status == "pending" and row.last_attempt_at and row.next_attempt_at
+            waits.append((row.next_attempt_at - row.last_attempt_at).total_seconds())
+    assert waits == pytest.approx(want, abs=1e-3)
+    assert 8.0 <= waits[0] <= 12.0 and 16.0 <= waits[1] <= 24.0 and waits[0] != 10.0
+
+
+def _aged(sessions: Any, kind: str, days: float) -> str:
+    """An outbox row ``days`` old: ``delivered``, ``failed`` (given up), ``failed-never-tried`` (given
+    up without an attempt time), ``pending`` (a retry due) or ``cohort`` (a delivered
+    ``cohort.completed`` of a cohort that still exists)."""
+    row_id, then = new_id(), utcnow() - timedelta(days=days)
+    with sessions() as s:
+        cohort_id = None
+        if kind == "cohort":
+            cohort_id = new_id()
+            s.add(Cohort(id=cohort_id, owner_key_id="o", name="old", callback_url="http://192.0.2.1/"))
+            s.flush()
+        outbox._insert_once(s, {"id": row_id, "owner_key_id": "o", "job_id": None, "cohort_id": cohort_id,
+                                "event": "cohort.completed" if cohort_id else "job.failed",
+                                "url": "http://192.0.2.1/", "payload": {}})
+        values: dict[str, Any] = {"created_at": then, "attempts": 1, "last_attempt_at": then, "next_attempt_at": None}
+        if kind in ("delivered", "cohort"):
+            values["delivered_at"] = then
+        elif kind == "failed-never-tried":
+            values["last_attempt_at"] = None
+        elif kind == "pending":
+            values["next_attempt_at"] = utcnow() + timedelta(hours=1)
+        s.execute(sa_update(CallbackDelivery).where(CallbackDelivery.id == row_id).values(**values))
+        s.commit()
+    return row_id
+
+
+def _ids(sessions: Any) -> set[str]:
+    with sessions() as s:
+        return set(s.scalars(select(CallbackDelivery.id)))
+
+
+def _retention(sessions: Any) -> None:
+    """Rows done before the cutoff go, a batch at a time; young rows, pending rows of any age and the
+    ``cohort.completed`` row of a cohort that exists stay (that one until its cohort is deleted)."""
+    old_done = {_aged(sessions, "delivered", 40), _aged(sessions, "failed", 31),
+                _aged(sessions, "failed-never-tried", 90)}
+    cohort_row = _aged(sessions, "cohort", 400)
+    kept = {_aged(sessions, "delivered", 29), _aged(sessions, "failed", 1), _aged(sessions, "pending", 400),
+            cohort_row}
+    cutoff = utcnow() - timedelta(days=30)
+    with sessions() as s:
+        assert outbox.purge_finished(s, cutoff, 2) == 2
+    assert len(_ids(sessions) & old_done) == 1
+    with sessions() as s:
+        assert outbox.purge_finished(s, cutoff, 2) == 1 and outbox.purge_finished(s, cutoff, 2) == 0
+    assert _ids(sessions) == kept
+    with sessions() as s:  # its cohort deleted: the row is an ordinary old one (cohort_id SET NULL)
+        cohort_id = s.get(CallbackDelivery, cohort_row).cohort_id
+        s.execute(sa_update(CallbackDelivery).where(CallbackDelivery.id == cohort_row).values(cohort_id=None))
+        s.execute(sa_delete(Cohort).where(Cohort.id == cohort_id))
+        s.commit()
+        assert outbox.purge_finished(s, cutoff, 2) == 1
+    assert _ids(sessions) == kept - {cohort_row}
+
+
+def test_retention_deletes_old_done_rows_in_bounded_batches(cb_api: Api) -> None:
+    _retention(cb_api.sessions)
+    settings = cb_api.settings.model_copy(update={"callback_retention_days": 30.0, "callback_purge_batch": 2})
+    d = Dispatcher(settings, cb_api.sessions)
+    gone = {_aged(cb_api.sessions, "failed", 45) for _ in range(3)}
+    assert d.purge_once() == 2 and d.purge_once() == 1 and d.purge_once() == 0
+    assert not _ids(cb_api.sessions) & gone
+    d.stop()
+    keep_all = Dispatcher(settings.model_copy(update={"callback_retention_days": 0.0}), cb_api.sessions)
+    _aged(cb_api.sessions, "delivered", 4000)
+    assert keep_all.purge_once() == 0 and len(_ids(cb_api.sessions)) == 4  # 0 days: kept forever
+    keep_all.stop()
+
+
+@pytest.mark.services
+def test_retention_postgresql(make_pg_database: Callable[[], str]) -> None:
+    from autopaint.db.migrate import upgrade
+
+    url = make_pg_database()
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        _retention(make_session_factory(engine))
+    finally:
+        engine.dispose()
+
+
+def test_the_dispatcher_thread_sweeps_a_backlog_then_waits_for_the_next_period(cb_api: Api) -> None:
+    backlog = {_aged(cb_api.sessions, "delivered", 60) for _ in range(5)}
+    settings = cb_api.settings.model_copy(update={"callback_purge_batch": 2, "callback_purge_every_s": 3600.0,
+                                                   "callback_poll_s": 0.05})
+    d = Dispatcher(settings, cb_api.sessions)
+    d.start()
+    try:
+        deadline = time.monotonic() + 10
+        while _ids(cb_api.sessions) & backlog:  # 2 + 2 + 1: a full batch brings the next after one poll
+            assert time.monotonic() < deadline, "the backlog was not swept"
+            time.sleep(0.05)
+        late = _aged(cb_api.sessions, "delivered", 60)
+        time.sleep(0.5)  # the last batch was not full: the next sweep is an hour away
+        assert _ids(cb_api.sessions) == {late}
+    finally:
+        d.stop()
 
 
 # --- cohorts ------------------------------------------------------------------------------------

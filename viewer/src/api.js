@@ -1,5 +1,6 @@
 // The API: every call sends the signed-in key as `Authorization: Bearer` (never in a URL).
 // The key lives in this tab's sessionStorage only (gone when the tab closes; "Sign out" clears it).
+import { SseParser } from './sse.js'
 
 const KEY = 'autopaint.apiKey'
 
@@ -45,6 +46,54 @@ export async function api(path, { method = 'GET', json } = {}) {
   const r = await fetch(path, init)
   if (!r.ok) await fail(r)
   return r.status === 204 ? null : r.json()
+}
+
+// Reads a server-sent event stream (`GET path`, text/event-stream) with fetch() and a stream reader:
+// EventSource cannot send the Authorization header. Calls onOpen() once the answer is a 200 event
+// stream, onEvent(type, data) per event, onRetry(ms) for the server's `retry:`; resolves when the
+// server ends the stream. Rejects with an ApiError: the server's answer when it is not a 200 event
+// stream (401 also signs out, as for any call), status 0 for a network error or when nothing, not
+// even a keep-alive comment, arrived for `idleMs` (a half-open connection); the caller's `signal`
+// aborting rejects with its AbortError.
+export async function events(path, { onEvent, onOpen = () => {}, onRetry = () => {}, signal, idleMs = 45000 } = {}) {
+  const ctrl = new AbortController()
+  const stop = () => ctrl.abort()
+  if (signal) {
+    if (signal.aborted) throw new DOMException('aborted', 'AbortError')
+    signal.addEventListener('abort', stop, { once: true })
+  }
+  let idle = false
+  let timer
+  const arm = () => {
+    clearTimeout(timer)
+    timer = setTimeout(() => { idle = true; ctrl.abort() }, idleMs)
+  }
+  try {
+    arm()
+    const r = await fetch(path, { headers: headers({ Accept: 'text/event-stream' }), cache: 'no-store', signal: ctrl.signal })
+    if (!r.ok) await fail(r)
+    const type = r.headers.get('Content-Type') || ''
+    if (r.status !== 200 || !type.startsWith('text/event-stream') || !r.body) {
+      throw new ApiError(r.status, 'not_an_event_stream', `expected a text/event-stream, got ${r.status} ${type}`)
+    }
+    onOpen()
+    const parser = new SseParser({ onEvent, onRetry })
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader()
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) break
+      arm()
+      parser.push(value)
+    }
+  } catch (err) {
+    if (signal && signal.aborted) throw err
+    if (err instanceof ApiError) throw err
+    throw new ApiError(0, idle ? 'stream_idle' : 'network_error',
+      idle ? `the event stream sent nothing for ${idleMs / 1000} s` : `the event stream failed: ${err.message || err}`)
+  } finally {
+    clearTimeout(timer)
+    if (signal) signal.removeEventListener('abort', stop)
+  }
 }
 
 export async function bytes(path) {

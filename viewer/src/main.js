@@ -1,12 +1,14 @@
 // autopaint viewer: sign in with an API key, upload a case, follow it, list jobs and cohorts,
 // open a result (result.js). Hash routes: #/jobs, #/new, #/cohorts, #/cohort/<id>, #/job/<id>.
-import { api, ApiError, auth, saveAs, upload } from './api.js'
+import { api, ApiError, auth, events, saveAs, upload } from './api.js'
 import { badge, duration, errorBox, h, mount, progressBar, when } from './dom.js'
 import { showResult } from './result.js'
 
 const app = document.getElementById('app')
 const TERMINAL = ['succeeded', 'failed', 'cancelled']
-const POLL_MS = 1000
+const STREAM_RETRY_MS = 2000  // before reconnecting a stream that ended unfinished (the server's `retry:` wins)
+const POLL_MIN_MS = 1000  // without the stream: poll after 1, 2, 4 … s
+const POLL_MAX_MS = 15000
 const COHORTS = 'autopaint.cohorts'
 let cleanup = []  // timers and viewers of the current view, undone on navigation
 
@@ -234,7 +236,7 @@ async function uploadView() {
 
 // ---------------------------------------------------------------- one job: progress, then result
 
-function progressPanel(job) {
+function progressPanel(job, feed) {
   const p = job.progress || {}
   const facts = [
     ['State', badge(job.state)],
@@ -245,10 +247,99 @@ function progressPanel(job) {
     ['ETA', job.eta_s !== null && job.eta_s !== undefined ? `≈ ${duration(job.eta_s)}` : '–'],
     ['Attempt', `${job.attempts} of ${job.max_attempts}`],
   ]
-  return h('div', { id: 'progress', data: { state: job.state, stage: p.stage || '' } },
+  return h('div', { id: 'progress', data: { state: job.state, stage: p.stage || '', feed: feed || '' } },
     progressBar(job.state === 'succeeded' ? 1 : p.fraction, 'job progress'),
     h('dl', { class: 'facts' }, facts.map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)])),
     TERMINAL.includes(job.state) ? null : h('p', { class: 'muted', text: 'The result opens here when the job has finished; you may leave this page and come back from “Jobs”.' }))
+}
+
+// A progress event's fields over the job (the event has no attempts, case name, params…).
+function withProgress(job, ev) {
+  const { state, queue_position: queuePosition, eta_s: eta, ...progress } = ev
+  return { ...job, state, queue_position: queuePosition, eta_s: eta, progress: { ...job.progress, ...progress } }
+}
+
+// Follows job `id` until it is terminal: one GET v1/jobs/{id}, then its event stream
+// (v1/jobs/{id}/events; `progress` events merged into the job, the final `state` event is the whole
+// job). A stream that ends unfinished (its hour is up, a restart) is reopened after `retry`; when the
+// stream cannot be had (a network error, any non-200 answer: 429, 503, a proxy…) the job is polled
+// with backoff (1, 2, 4 … 15 s) and the stream tried again after each poll. onJob(job, feed) on every
+// change, `feed` 'stream' or 'poll'; onError(err) for a 401/403/404 or the stream's `error` event
+// (the job was deleted), which end it. Leaving the view aborts it.
+function followJob(id, onJob, onError) {
+  const ctrl = new AbortController()
+  onLeave(() => ctrl.abort())
+  const sleep = (ms) => new Promise((resolve) => {
+    const t = setTimeout(resolve, ms)
+    ctrl.signal.addEventListener('abort', () => { clearTimeout(t); resolve() }, { once: true })
+  })
+  const fatal = (err) => err instanceof ApiError && [401, 403, 404].includes(err.status)
+  let job = null
+  let feed = 'poll'
+  const update = (next) => { job = next; onJob(job, feed); return TERMINAL.includes(job.state) }
+  const poll = async () => update(await api(`v1/jobs/${id}`))
+
+  const run = async () => {
+    let retry = STREAM_RETRY_MS
+    let delay = 0
+    const backoff = () => { delay = delay ? Math.min(POLL_MAX_MS, 2 * delay) : POLL_MIN_MS; return delay }
+    while (!ctrl.signal.aborted) {
+      if (!job) {  // first the whole job (the events carry its progress only)
+        try {
+          if (await poll()) return
+        } catch (err) {
+          onError(err)
+          if (fatal(err)) return
+          await sleep(backoff())
+          continue
+        }
+      }
+      let opened = false
+      let done = false
+      try {
+        await events(`v1/jobs/${id}/events`, {
+          signal: ctrl.signal,
+          onOpen: () => { opened = true; delay = 0; feed = 'stream' },
+          onRetry: (ms) => { retry = Math.max(500, ms) },
+          onEvent: (type, data) => {
+            if (done) return
+            const ev = JSON.parse(data)
+            if (type === 'state') {
+              done = update(ev)
+            } else if (type === 'error') {
+              done = true
+              onError(ev)
+            } else if (type === 'progress' && job && !TERMINAL.includes(ev.state)) {  // the `state` event ends it
+              const started = ev.state === 'running' && job.state !== 'running'
+              update(withProgress(job, ev))
+              // a (re)start changes what the events do not carry (attempt, started_at): read them once
+              if (started) {
+                api(`v1/jobs/${id}`).then((j) => {
+                  if (!done && !TERMINAL.includes(job.state) && !TERMINAL.includes(j.state)) {
+                    update({ ...job, attempts: j.attempts, max_attempts: j.max_attempts, started_at: j.started_at })
+                  }
+                }).catch(() => {})
+              }
+            }
+          },
+        })
+      } catch (err) {
+        if (ctrl.signal.aborted) return
+        if (fatal(err)) { onError(err); return }
+      }
+      if (done || ctrl.signal.aborted) return
+      feed = 'poll'
+      if (opened) { await sleep(retry); continue }  // it worked and ended: reopen it
+      backoff()
+      try {
+        if (await poll()) return
+      } catch (err) {
+        if (fatal(err)) { onError(err); return }
+      }
+      await sleep(delay)
+    }
+  }
+  return run().catch((e) => console.error(e))
 }
 
 function jobView(id) {
@@ -258,10 +349,8 @@ function jobView(id) {
   const body = h('div')
   mount(app, h('section', { class: 'card' }, h('div', { class: 'row' }, h('div', { class: 'titles' }, title), actions), body))
   let shown = false
-  return every(POLL_MS, async () => {
+  const render = async (job, feed) => {
     if (shown) return
-    let job
-    try { job = await api(`v1/jobs/${id}`) } catch (err) { mount(body, errorBox(err)); shown = err.status === 404; return }
     title.textContent = job.case_name ? `Case ${job.case_name}` : `Job ${job.id.slice(0, 8)}`
     mount(actions, TERMINAL.includes(job.state) ? null : h('button', { id: 'cancel', text: 'Cancel job', onclick: async () => {
       await api(`v1/jobs/${id}/cancel`, { method: 'POST' })
@@ -274,11 +363,13 @@ function jobView(id) {
       onLeave(await showResult(body, job))
     } else if (job.state === 'failed' || job.state === 'cancelled') {
       shown = true
-      mount(body, progressPanel(job), errorBox({ code: job.error_code || job.state, detail: job.error_message || `the job was ${job.state}` }))
+      mount(body, progressPanel(job, feed), errorBox({ code: job.error_code || job.state, detail: job.error_message || `the job was ${job.state}` }))
     } else {
-      mount(body, progressPanel(job))
+      mount(body, progressPanel(job, feed))
     }
-  })
+  }
+  return followJob(id, (job, feed) => { render(job, feed).catch((e) => console.error(e)) },
+    (err) => { if (!shown) mount(body, errorBox(err)) })
 }
 
 // ---------------------------------------------------------------- routing

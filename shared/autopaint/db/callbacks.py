@@ -13,18 +13,24 @@ the state change it announces, then claimed and recorded by the API's dispatcher
   other one unfinished and leave the cohort without its event.
 - :func:`claim_due` takes due rows with a conditional UPDATE (a claim token and a lease pushed into
   ``next_attempt_at``), so several API processes never send one row at once; :func:`record_attempt`
-  writes the outcome only while the claim is still held.
+  writes the outcome only while the claim is still held, and schedules a retry after
+  :func:`backoff_s` (exponential, spread by a jitter).
+- :func:`purge_finished` deletes, a bounded batch at a time, the rows that are done (delivered, or
+  given up) and older than the retention; rows still pending are never deleted, nor a
+  ``cohort.completed`` row while its cohort exists (its unique row is what keeps a later close or
+  a late job of that cohort from sending a second one).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from autopaint.contracts import JobState
@@ -156,9 +162,16 @@ def claim_due(session: Session, limit: int, lease_s: float) -> list[Due]:
     return out
 
 
-def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
-    """Seconds before the next attempt after ``attempts`` failed ones: base, 2 base, 4 base... capped."""
-    return float(min(max_s, base_s * 2 ** max(0, attempts - 1)))
+def backoff_s(attempts: int, base_s: float, max_s: float, jitter: float = 0.0,
+              rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: base, 2 base, 4 base...
+    capped at ``max_s``, then spread uniformly over +-``jitter`` of that (0.2: between 0.8 and 1.2
+    times), so that many callbacks that failed together (a receiver's outage) do not all come back
+    in the same second. ``rng`` draws the spread (a seeded ``random.Random`` in tests)."""
+    delay = float(min(max_s, base_s * 2 ** max(0, attempts - 1)))
+    if jitter > 0:
+        delay *= (rng or random).uniform(1.0 - jitter, 1.0 + jitter)
+    return delay
 
 
 @dataclass(frozen=True)
@@ -175,9 +188,10 @@ class Outcome:
 
 
 def record_attempt(session: Session, due: Due, outcome: Outcome, max_attempts: int,
-                   base_s: float, max_s: float) -> bool:
-    """Write one attempt's outcome and schedule the next one (or end the row: delivered, or given
-    up after ``max_attempts``); False when the claim was lost (another process re-claimed it)."""
+                   base_s: float, max_s: float, jitter: float = 0.0, rng: random.Random | None = None) -> bool:
+    """Write one attempt's outcome and schedule the next one after :func:`backoff_s` (or end the
+    row: delivered, or given up after ``max_attempts``); False when the claim was lost (another
+    process re-claimed it)."""
     row = session.get(CallbackDelivery, due.id, populate_existing=True)
     if row is None or row.claimed_by != due.token:
         session.rollback()
@@ -192,12 +206,37 @@ def record_attempt(session: Session, due: Due, outcome: Outcome, max_attempts: i
         .values(attempts=attempts, last_status_code=outcome.status_code, last_error=error, last_attempt_at=now,
                 history=[*(row.history or [])[-(HISTORY - 1):], entry], claimed_by=None,
                 delivered_at=now if outcome.delivered else None,
-                next_attempt_at=None if done else now + timedelta(seconds=backoff_s(attempts, base_s, max_s)))
+                next_attempt_at=None if done else now + timedelta(
+                    seconds=backoff_s(attempts, base_s, max_s, jitter, rng)))
         .execution_options(synchronize_session=False))
     session.commit()
     if done and not outcome.delivered:
         log.warning("callback %s (%s) gave up after %d attempts: %s", due.id, due.event, attempts, error)
     return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def finished_at() -> Any:
+    """When a done row ended: its delivery, else its last attempt (given up), else its creation."""
+    return func.coalesce(CallbackDelivery.delivered_at, CallbackDelivery.last_attempt_at,
+                         CallbackDelivery.created_at)
+
+
+def purge_finished(session: Session, older_than: datetime, limit: int) -> int:
+    """Delete at most ``limit`` rows that are done (delivered, or given up: ``next_attempt_at`` NULL)
+    and ended before ``older_than`` (naive UTC); committed. Returns how many were deleted. A pending
+    row (due, leased or waiting for its retry) is never deleted, whatever its age; nor is a cohort's
+    row while the cohort exists (the exactly-once marker of its ``cohort.completed``: one per cohort).
+    A job's rows can go: a job becomes terminal once."""
+    old = and_(CallbackDelivery.next_attempt_at.is_(None), CallbackDelivery.cohort_id.is_(None),
+               finished_at() < older_than)
+    ids = session.scalars(select(CallbackDelivery.id).where(old).limit(limit)).all()
+    if not ids:
+        session.rollback()
+        return 0
+    res = session.execute(delete(CallbackDelivery).where(CallbackDelivery.id.in_(ids), old)
+                          .execution_options(synchronize_session=False))
+    session.commit()
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def deliveries(session: Session, job_ids: list[str] | None = None,
