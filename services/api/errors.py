@@ -13,6 +13,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autopaint.errors import AutopaintError, InvalidInput, ModelError
@@ -65,6 +66,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(mapped, StorageFull | StorageUnavailable):
             log.error("%s %s: storage fault: %s", req.method, req.url.path, exc)
             return storage_response(mapped)
+        log.error("%s %s: unhandled %s", req.method, req.url.path, type(exc).__name__, exc_info=exc)
+        return internal_error()
+
+    @app.exception_handler(DBAPIError)
+    async def _database(req: Request, exc: DBAPIError) -> JSONResponse:
+        # a connection dropped under a query (server restart, failover, pg_terminate_backend) or a
+        # database that cannot answer now: transient, the client may retry (the pool reconnects)
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            log.warning("%s %s: database unavailable: %s", req.method, req.url.path, type(exc.orig).__name__)
+            return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",
+                                  {"Retry-After": "1"})
         log.error("%s %s: unhandled %s", req.method, req.url.path, type(exc).__name__, exc_info=exc)
         return internal_error()
 

@@ -189,10 +189,9 @@ def write_clean_nifti(src: Path, dest: Path, slab_bytes: int = SLAB_BYTES) -> Pa
     import numpy as np
 
     from autopaint.fsutil import atomic_path
+    from autopaint.imaging.io import load_nifti
 
-    img = nib.load(str(src), keep_file_open=True)
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise InvalidInput("not a NIfTI image", code="not_nifti")
+    img = load_nifti(src, keep_file_open=True)  # a header nibabel refuses: InvalidInput, not a 500
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]

@@ -26,9 +26,17 @@ from autopaint.imaging.validate import (
 from autopaint.paths import data_dir
 from tests.imaging.badfiles import (
     AFFINE,
+    HEADER_VARIANTS,
+    OFF_BITPIX,
+    OFF_DATATYPE,
     OFF_DIM,
+    OFF_PIXDIM,
+    OFF_SCL_SLOPE,
+    OFF_SROW_X,
+    OFF_VOX_OFFSET,
     ROLE_FOR_CODE,
     build_bad_files,
+    build_header_variants,
     build_shifted_pair,
     ct_array,
     header_block,
@@ -68,6 +76,63 @@ def test_bad_file_rejected_with_its_code(bad_files: dict[str, Path], code: str) 
     report = inspect_nifti(bad_files[code], role)
     assert not report.ok and report.code == code
     assert json.loads(json.dumps(report.to_dict()))["code"] == code
+
+
+# the header field each header-level crafted file breaks: (first byte, end) in the NIfTI-1 header
+DEFECT_BYTES = {"bad_dims": (OFF_DIM, OFF_DIM + 16), "bad_affine": (OFF_SROW_X, OFF_SROW_X + 48),
+                "bad_spacing": (OFF_PIXDIM, OFF_PIXDIM + 32), "bad_scl_slope": (OFF_SCL_SLOPE, OFF_SCL_SLOPE + 8),
+                "bad_vox_offset": (OFF_VOX_OFFSET, OFF_VOX_OFFSET + 4)}
+
+
+@pytest.mark.parametrize("code", sorted(DEFECT_BYTES))
+def test_crafted_header_file_carries_only_its_defect(bad_files: dict[str, Path], code: str) -> None:
+    """The header-level crafted files differ from a valid CT only inside the one field they break
+    (vox_offset 352 in all but bad_vox_offset): the check they are named after is the one reached,
+    not an earlier or later one, and with that field restored the file is accepted."""
+    valid = nifti_bytes(ct_array())
+    bad = bad_files[code].read_bytes()
+    assert len(bad) == len(valid)
+    lo, hi = DEFECT_BYTES[code]
+    changed = [i for i, (a, b) in enumerate(zip(bad, valid, strict=True)) if a != b]
+    assert changed and all(lo <= i < hi for i in changed), (code, changed)
+    vox = struct.unpack_from("<f", bad, OFF_VOX_OFFSET)[0]
+    assert (vox == 352.0) != (code == "bad_vox_offset")
+    assert struct.unpack_from("<2h", bad, OFF_DATATYPE) == struct.unpack_from("<2h", valid, OFF_DATATYPE)
+    assert OFF_BITPIX == OFF_DATATYPE + 2
+    restored = bytearray(bad)
+    restored[lo:hi] = valid[lo:hi]
+    assert inspect_nifti(_write(bad_files[code].parent / f"restored-{code}.nii", bytes(restored)), "ct").ok
+
+
+@pytest.fixture(scope="module")
+def header_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, Path, Path]]:
+    return {name: (code, bad, twin) for name, code, bad, twin in build_header_variants(tmp_path_factory.mktemp("var"))}
+
+
+def _raw_header(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data)[:540] if data[:2] == b"\x1f\x8b" else data[:540]
+
+
+@pytest.mark.parametrize("name", [v[0] for v in HEADER_VARIANTS])
+def test_header_variant_reaches_its_check(header_variants: dict[str, tuple[str, Path, Path]], name: str) -> None:
+    """More crafted defects per header check (slope/inter inf/NaN, dim[0] 0/8/-1, a zero or negative
+    size, NaN/negative/inf spacing, NaN/inf/singular srow, a quaternion longer than 1 or NaN, invalid
+    xform codes, bitpix/datatype, vox_offset inside the header / fractional / NaN / beyond the cap,
+    NIfTI-2, big-endian, gzip), each rejected with its own code, and its twin (the same spec without
+    the defect) accepted; vox_offset is the same in both unless it is the defect."""
+    code, bad, twin = header_variants[name]
+    rep = inspect_nifti(bad, "ct")
+    assert rep.code == code, (name, rep.code, rep.message)
+    assert inspect_nifti(twin, "ct").ok
+    with pytest.raises(InvalidInput) as exc:
+        validate_nifti(bad, "ct")
+    assert exc.value.code == code
+    if code != "bad_vox_offset" and not name.startswith(("magic", "sizeof")):
+        bh, th = _raw_header(bad), _raw_header(twin)
+        at, fmt = (OFF_VOX_OFFSET, "f") if bh[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") else (168, "q")
+        bo = "<" if bh[:4] in (b"\x5c\x01\x00\x00", b"\x1c\x02\x00\x00") else ">"
+        assert struct.unpack_from(bo + fmt, bh, at) == struct.unpack_from(bo + fmt, th, at), name
 
 
 def test_bomb_is_a_real_gzip_of_the_advertised_size(bad_files: dict[str, Path]) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from autopaint.contracts import JobState
 from autopaint.db import Job, make_engine, make_session_factory, new_id
@@ -95,6 +96,26 @@ def test_bare_oserror_and_unexpected_errors_answer_json(api: Api) -> None:
     r = api.client.get("/boom/erofs")
     assert (r.status_code, r.json()["code"]) == (503, "storage_unavailable")
     r = api.client.get("/boom/other")
+    assert r.status_code == 500
+    assert {k: r.json()[k] for k in ("code", "detail", "status")} == {"code": "internal_error", "detail": "internal server error; the server logged the details", "status": 500}
+    assert "secret" not in r.text
+
+
+def test_database_connection_loss_answers_503_json(api: Api) -> None:
+    """A query whose connection dropped (pg_terminate_backend, failover) is a retryable 503, not a 500."""
+    @api.app.get("/db/{kind}")
+    def db_fault(kind: str) -> None:
+        if kind == "dropped":
+            raise DBAPIError("SELECT 1", {}, Exception("server closed the connection unexpectedly"),
+                             connection_invalidated=True)
+        if kind == "operational":
+            raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+        raise DBAPIError("SELECT 1", {}, Exception("secret constraint detail"))
+
+    for kind in ("dropped", "operational"):
+        r = api.client.get(f"/db/{kind}")
+        assert (r.status_code, r.json()["code"], r.headers["retry-after"]) == (503, "database_unavailable", "1")
+    r = api.client.get("/db/other")
     assert r.status_code == 500
     assert {k: r.json()[k] for k in ("code", "detail", "status")} == {"code": "internal_error", "detail": "internal server error; the server logged the details", "status": 500}
     assert "secret" not in r.text

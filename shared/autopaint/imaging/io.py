@@ -99,6 +99,24 @@ def from_sitk(img: sitk.Image, dtype: Any = np.float32) -> Volume:
 # ------------------------------------------------------------------------------------------- reading
 
 
+def load_nifti(path: str | Path, **kwargs: Any) -> Any:
+    """``nib.load`` of a NIfTI-1/2 file with its affine computed; a header nibabel refuses (it raises
+    ``ValueError`` / ``HeaderDataError`` / ``ImageFileError`` for, e.g., a qform quaternion longer
+    than 1) is ``InvalidInput`` ``unreadable_nifti``, never an unhandled error. ``validate_nifti``
+    refuses such headers first; this is the net under it (worker, CLI, API ingest)."""
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        nimg = nib.load(str(path), **kwargs)
+        if not isinstance(nimg, nib.Nifti1Image | nib.Nifti2Image):
+            raise InvalidInput("not a NIfTI image", code="not_nifti")
+        _ = nimg.affine
+    except (ValueError, HeaderDataError, ImageFileError) as exc:
+        raise InvalidInput(f"nibabel cannot read this NIfTI header: {exc}", code="unreadable_nifti") from exc
+    return nimg
+
+
 def read_volume(path: str | Path, backend: Backend = "nibabel", dtype: Any = np.float32) -> Volume:
     """Read a .nii / .nii.gz file into a Volume.
 
@@ -119,9 +137,7 @@ def read_volume(path: str | Path, backend: Backend = "nibabel", dtype: Any = np.
         return from_sitk(img, dtype=dtype)
     if backend != "nibabel":
         raise ValueError(f"unknown backend {backend!r}")
-    nimg = nib.load(str(path))
-    if not isinstance(nimg, nib.Nifti1Image | nib.Nifti2Image):
-        raise InvalidInput("not a NIfTI image", code="not_nifti")
+    nimg = load_nifti(path)
     if dtype is None:
         slope, inter = nimg.header.get_slope_inter()
         scaled = slope not in (None, 1.0) or inter not in (None, 0.0)

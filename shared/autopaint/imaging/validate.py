@@ -176,9 +176,11 @@ def _values(pieces: Iterator[bytes], hdr: NiftiHeader) -> Iterator[np.ndarray]:
         usable = len(buf) - len(buf) % item
         carry = buf[usable:]
         if usable:
-            arr = np.frombuffer(buf, dtype=hdr.dtype, count=usable // item).astype(np.float64)
-            if hdr.scaled:
-                arr = arr * hdr.scl_slope + hdr.scl_inter
+            # signalling NaNs and overflowing scaling only make non-finite values: _check_values says so
+            with np.errstate(invalid="ignore", over="ignore"):
+                arr = np.frombuffer(buf, dtype=hdr.dtype, count=usable // item).astype(np.float64)
+                if hdr.scaled:
+                    arr = arr * hdr.scl_slope + hdr.scl_inter
             yield arr
 
 

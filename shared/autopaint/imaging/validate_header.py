@@ -28,6 +28,10 @@ SUPPORTED_DTYPES: dict[int, tuple[str, int]] = {
     2: ("u1", 8), 4: ("i2", 16), 8: ("i4", 32), 16: ("f4", 32), 64: ("f8", 64),
     256: ("i1", 8), 512: ("u2", 16), 768: ("u4", 32), 1024: ("i8", 64), 1280: ("u8", 64),
 }
+XFORM_CODES = (0, 1, 2, 3, 4, 5)
+"""qform_code / sform_code values of the NIfTI standard (unknown, scanner, aligned, Talairach, MNI, template)."""
+QUATERNION_EPS = {1: 3 * float(np.finfo(np.float32).eps), 2: 3 * float(np.finfo(np.float64).eps)}
+"""How far b² + c² + d² of a qform quaternion may exceed 1 (nibabel's threshold, per NIfTI version)."""
 _DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128",
                 2048: "complex256", 2304: "RGBA32"}
 
@@ -124,7 +128,7 @@ def _quaternion_affine(b: float, c: float, d: float, qfac: float, pix: tuple[flo
         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
     ])
-    zs = -1.0 if qfac < 0 else 1.0
+    zs = -1.0 if qfac == -1.0 else 1.0  # nibabel (which reads accepted files) takes any other qfac as 1
     aff = np.eye(4)
     aff[:3, :3] = r @ np.diag([pix[0], pix[1], pix[2] * zs])
     aff[:3, 3] = offset
@@ -196,14 +200,23 @@ def _check_dtype(datatype: int, bitpix: int, bo: str) -> np.dtype:
     return np.dtype(bo + code)
 
 
-def _affine(f: dict[str, object], pix: tuple[float, ...]) -> np.ndarray:
+def _affine(f: dict[str, object], pix: tuple[float, ...], version: int = 1) -> np.ndarray:
     sform_code, qform_code = int(f["sform_code"]), int(f["qform_code"])  # type: ignore[call-overload]
+    for name, code in (("sform_code", sform_code), ("qform_code", qform_code)):
+        if code not in XFORM_CODES:  # nibabel would silently read it as 0: another affine than the header's
+            raise _fail("bad_affine", f"{name} {code} is not a NIfTI transform code (0..5)")
     # Same precedence as nibabel's get_best_affine (read_volume uses nibabel's affine).
     if sform_code != 0:
         aff = np.eye(4)
         aff[:3, :] = np.asarray(f["srow"], dtype=np.float64).reshape(3, 4)
     elif qform_code != 0:
         q = [float(x) for x in f["quatern"]]  # type: ignore[attr-defined]
+        # a unit quaternion needs b² + c² + d² <= 1; nibabel (which reads accepted files) refuses more
+        # than its rounding threshold (3 eps of the header's float type) with a ValueError
+        w2 = 1.0 - (q[0] * q[0] + q[1] * q[1] + q[2] * q[2])
+        if not math.isfinite(w2) or w2 < -QUATERNION_EPS[version]:
+            raise _fail("bad_affine", f"qform quaternion (b, c, d) = ({q[0]:g}, {q[1]:g}, {q[2]:g}) is "
+                        "not finite or longer than 1")
         aff = _quaternion_affine(q[0], q[1], q[2], float(f["pixdim"][0]),  # type: ignore[index]
                                  pix, (q[3], q[4], q[5]))
     else:  # method 1 (ANALYZE), as nibabel's get_base_affine: x flipped, centre voxel at the origin
@@ -238,7 +251,7 @@ def parse_header(head: bytes, limits: ValidationLimits) -> NiftiHeader:
         raise _fail("bad_spacing", f"voxel spacing must be finite and > 0 mm, got {list(pix[:n_sp])}")
     if n_sp < 3 and not (math.isfinite(pix[2]) and pix[2] > 0):
         pix = (pix[0], pix[1], 1.0)
-    affine = _affine(f, pix)
+    affine = _affine(f, pix, version)
     slope, inter = (float(x) for x in f["scl"])  # type: ignore[attr-defined]
     if math.isinf(slope):
         raise _fail("bad_scl_slope", f"scl_slope is {slope}")
