@@ -3,16 +3,22 @@
     # 1. choose every threshold / level on VALIDATION patients only, write them to the model card
     .venv/bin/python bench/accuracy.py calibrate --model thorax-petct-gconvlap-128 \
         --cohort work/cohorts/thorax-val --write
+    # 1b. the dAE / VAE baselines (bench/accuracy_uad.py): trained on the healthy slices of a TRAINING
+    #     phantom cohort (generated when missing), thresholds chosen on the validation patients
+    .venv/bin/python bench/accuracy.py calibrate-uad --model thorax-petct-gconvlap-128 \
+        --cohort work/cohorts/thorax-val --train-cohort work/cohorts/thorax-train --uad-seconds 180
     # 2. evaluate on HELD-OUT patients (never trained or tuned on): tables + Wilcoxon + per-case rows
+    #    (+ rows dAE and VAE when work/uad/<model> exists, or --uad DIR)
     .venv/bin/python bench/accuracy.py evaluate --model thorax-petct-gconvlap-128 \
         --cohort work/cohorts/thorax-test --exact 5 --out bench/results/accuracy_thorax.md
 
 Ablation ladder (each row adds one part to the row above): ``paper`` (the paper's organ-wide sweep,
 residual threshold = the card's ``default_threshold``) -> ``hotspot`` (circles seeded on PET hot spots,
 |residual| of both channels) -> ``+hyper`` (PET excess only: max(scan - repaint, 0)) -> ``+gating``
-(a 3-D hot spot counts only when its best slice's mean residual exceeds a level set on the healthy hot
-spots of validation patients for a false-positive budget of 0.1, 0.25, 0.5 or 1 per patient, the
-budget with the best validation Dice winning) -> ``+coverage`` (unions grown and
+(a 3-D hot spot counts only when its lesion score exceeds a level set on the healthy hot spots of
+validation patients for a false-positive budget of 0, 0.1, 0.25, 0.5 or 1 per patient; the score is its
+best slice's mean residual (scope "lesion") or the peak residual of the region joining hot fragments
+(scope "region"); the scope and budget with the best validation Dice win) -> ``+coverage`` (unions grown and
 re-inpainted while their border stays hot, <= 2 passes) -> ``+delineation`` (background-corrected
 fraction of the lesion's own SUVmax, optionally without aerated-lung voxels) -> ``default``
 (+ 3-D consolidation: components under a minimum volume dropped). Residual-threshold rows get their
@@ -43,7 +49,15 @@ from autopaint.segment.pipeline import PipelineInputs, PipelineParams, hot_spots
 from autopaint.segment.profile import HotspotGate
 from autopaint.segment.thresholds import sweep_thresholds
 from autopaint.segment.types import SearchParams
-from bench.accuracy_cases import Prepared, baselines, lesion_scores, prepare, run_config
+from bench.accuracy_cases import (
+    Prepared,
+    baselines,
+    cohort_command,
+    iter_cases,
+    lesion_scores,
+    prepare,
+    run_config,
+)
 from bench.accuracy_report import write_report
 
 log = logging.getLogger("bench.accuracy")
@@ -55,12 +69,13 @@ SOLID = (None, -500.0)
 DET_T = (0.02, 0.1)
 MIN_ML = (0.0, 0.1, 0.3, 0.5, 1.0)
 HOT = HotspotGate(k=0.0, floor_suv=2.0)
+GATE_SCOPES = ("lesion", "region")  # how a hot spot is scored for the gate (segment.guided)
 
 
-def engine_rows(level: float | None) -> dict[str, SearchParams]:
-    """The engine configurations of the ablation ladder (search only)."""
+def engine_rows(level: float | None, scope: str = "lesion") -> dict[str, SearchParams]:
+    """The engine configurations of the ablation ladder (search only); ``scope``: the gate's."""
     hot = SearchParams(candidates="hotspot")
-    hyper = replace(hot, sign="hyper", channel_weights=(0.0, 1.0), combine="max")
+    hyper = replace(hot, sign="hyper", channel_weights=(0.0, 1.0), combine="max", gate_scope=scope)  # type: ignore[arg-type]
     rows = {"hotspot": hot, "+hyper": hyper}
     if level is not None:
         rows["+gating"] = replace(hyper, gate_level=level)
@@ -68,17 +83,26 @@ def engine_rows(level: float | None) -> dict[str, SearchParams]:
     return rows
 
 
-def load(cohort: Path, ids: list[str] | None) -> list[tuple[str, PipelineInputs]]:
-    from autopaint.data.cohorts import discover, load_case
+def gate_levels(cases: list[Prepared], inp: Any, scope: str) -> tuple[dict[float, float], int, int]:
+    """Gate level per false-positive budget for ``scope``, from the lesion scores of the ungated
+    engine (with coverage, as the gated one runs) on the validation patients' 3-D hot spots that
+    touch no tumour; also (healthy, tumour) hot-spot counts."""
+    healthy: list[float] = []
+    tumour: list[float] = []
+    ungated = replace(engine_rows(None, scope)["+hyper"], coverage_passes=2)
+    for p in cases:
+        _, eng, _ = run_config(p, _params(ungated, 0.0), inp, curve_on=None)
+        _, hot_model, _, _ = hot_spots(p.case, p.ooi, _params(ungated, 0.0).accuracy(inp))
+        for s, is_t in lesion_scores(eng, hot_model, p.label_model):  # type: ignore[arg-type]
+            (tumour if is_t else healthy).append(s)
+    hs = sorted(healthy, reverse=True)
+    levels = {b: float(hs[int(np.floor(b * len(cases)))]) if len(hs) > int(np.floor(b * len(cases))) else 0.0
+              for b in FP_BUDGETS}
+    return levels, len(hs), len(tumour)
 
-    refs = discover(cohort)
-    if ids is not None:
-        refs = [r for r in refs if r.case_id in set(ids)]
-    out = []
-    for r in refs:
-        c = load_case(r)
-        out.append((c.case_id, PipelineInputs.from_case(c)))
-    return out
+
+def load(cohort: Path, ids: list[str] | None) -> list[tuple[str, PipelineInputs]]:
+    return list(iter_cases(cohort, ids))
 
 
 def _params(search: SearchParams, threshold: float, delin: DelineationParams | None = None,
@@ -103,31 +127,24 @@ def calibrate(args: argparse.Namespace) -> None:
     inp = Inpainter.load(args.model, device=args.device)
     cases = [prepare(cid, x, inp, args.preset) for cid, x in load(args.cohort, args.ids)]
     log.info("%d validation patients (%d with tumour)", len(cases), sum(not p.healthy for p in cases))
-    # gating level: 3-D hot spots not touching a tumour, from the ungated hyper-residual engine
-    healthy: list[float] = []
-    tumour: list[float] = []
-    for p in cases:
-        _, eng, _ = run_config(p, _params(engine_rows(None)["+hyper"], 0.0), inp, curve_on=None)
-        acc = _params(engine_rows(None)["+hyper"], 0.0).accuracy(inp)
-        _, hot_model, _, _ = hot_spots(p.case, p.ooi, acc)
-        for s, is_t in lesion_scores(eng, hot_model, p.label_model):  # type: ignore[arg-type]
-            (tumour if is_t else healthy).append(s)
-    hs = sorted(healthy, reverse=True)
-    levels = {b: float(hs[int(np.floor(b * len(cases)))]) if len(hs) > int(np.floor(b * len(cases))) else 0.0
-              for b in FP_BUDGETS}
-    by_budget: dict[float, list[dict[str, Any]]] = {}
-    engines: dict[float, dict[str, Any]] = {}
-    for b, lev in levels.items():
-        for p in cases:
-            rec, eng, _ = run_config(p, _params(engine_rows(lev)["+coverage"], 0.05, PROBE), inp, curve_on=None)
-            by_budget.setdefault(b, []).append(rec)
-            engines.setdefault(b, {})[p.case_id] = eng
-    budget = max(FP_BUDGETS, key=lambda b: (_mean_dice(by_budget[b], all_patients=True), -b))
-    level = levels[budget]
-    log.info("gate level %.4f for %.2f FP hot spots / patient (levels %s; %d healthy hot spots, %d tumour ones)",
-             level, budget, levels, len(hs), len(tumour))
-    rows = engine_rows(level)
-    engines_cov = engines[budget]
+    # gate scope x false-positive budget: levels from the healthy hot spots, the best validation Dice wins
+    by_gate: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    levels: dict[str, dict[float, float]] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    for scope in GATE_SCOPES:
+        levels[scope], n_h, n_t = gate_levels(cases, inp, scope)
+        counts[scope] = (n_h, n_t)
+        for b, lev in levels[scope].items():
+            for p in cases:
+                rec, _, _ = run_config(p, _params(engine_rows(lev, scope)["+coverage"], 0.05, PROBE), inp,
+                                       curve_on=None)
+                by_gate.setdefault((scope, b), []).append(rec)
+    scope, budget = max(by_gate, key=lambda g: (_mean_dice(by_gate[g], all_patients=True), -g[1]))
+    level = levels[scope][budget]
+    log.info("gate %s level %.4f for %.2f FP hot spots / patient (levels %s; healthy/tumour hot spots %s)",
+             scope, level, budget, levels, counts)
+    rows = engine_rows(level, scope)
+    engines_cov = {p.case_id: run_config(p, _params(rows["+coverage"], 0.05), inp, curve_on=None)[1] for p in cases}
     curves: dict[str, dict[str, list[float]]] = {name: {} for name in rows}
     for p in cases:
         for name, search in rows.items():
@@ -172,9 +189,10 @@ def calibrate(args: argparse.Namespace) -> None:
         default = {"search": rows["+coverage"].to_dict(), "delineation": d_chosen.to_dict(), "threshold": t}
     cal = {
         "cohort": str(args.cohort), "cases": [p.case_id for p in cases], "command": _command(),
-        "fp_budget_per_patient": budget, "gate_level": level, "gate_levels_by_budget": levels,
-        "val_dice_by_budget": {str(b): _mean_dice(v, all_patients=True) for b, v in by_budget.items()},
-        "healthy_hot_spots": len(hs), "tumour_hot_spots": len(tumour),
+        "fp_budget_per_patient": budget, "gate_level": level, "gate_scope": scope,
+        "gate_levels_by_budget": {sc: {str(b): v for b, v in lv.items()} for sc, lv in levels.items()},
+        "val_dice_by_gate": {f"{sc}|{b}": _mean_dice(v, all_patients=True) for (sc, b), v in by_gate.items()},
+        "healthy_hot_spots": counts[scope][0], "tumour_hot_spots": counts[scope][1],
         "thresholds": thresholds,
         "delineation_grid": {f"{k[0]}|{k[1]}|{k[2]}": _mean_dice(v) for k, v in grid.items()},
         "min_ml_grid": {str(m): _mean_dice(v, all_patients=True) for m, v in mins.items()},
@@ -200,13 +218,39 @@ def _command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def evaluate(args: argparse.Namespace) -> None:
+def calibrate_uad(args: argparse.Namespace) -> None:
+    """Train the dAE / VAE baselines and choose their thresholds on the validation cohort (accuracy_uad)."""
     from autopaint.model.inpainter import Inpainter
+    from bench.accuracy_uad import TrainCohort, default_dir
+    from bench.accuracy_uad import calibrate_uad as run
+
+    if args.train_cohort is None:
+        raise SystemExit("calibrate-uad needs --train-cohort (a phantom folder; generated when missing)")
+    inp = Inpainter.load(args.model, device=args.device)
+    out = args.uad or default_dir(str(inp.card.get("name") or args.model))
+    kind = json.loads((args.cohort / "cases.json").read_text())["kind"] if (args.cohort / "cases.json").is_file() \
+        else "thorax"
+    train = TrainCohort(args.train_cohort, kind=kind, n=args.train_n, seed=args.train_seed,
+                        healthy_fraction=args.train_healthy_fraction)
+    meta = run(inp, iter_cases(args.cohort, args.ids), args.cohort, train, out, seconds=args.uad_seconds,
+               width=args.uad_width, device=args.device, preset=args.preset, command=_command())
+    print(json.dumps({k: v for k, v in meta.items() if k not in ("per_case", "mean_dice_per_threshold", "train_cases")},
+                     indent=1))
+    print(f"wrote {out}: thresholds {meta['thresholds']}, validation Dice {meta['val_dice']}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from autopaint.data.cohorts import discover
+    from autopaint.model.inpainter import Inpainter
+    from bench.accuracy_uad import UadRows, resolve
 
     inp = Inpainter.load(args.model, device=args.device)
     acc = (inp.card or {}).get("accuracy")
     if not acc:
         raise SystemExit(f"{args.model}: no accuracy calibration on the card (run `calibrate --write` first)")
+    uad_dir = None if args.no_uad else resolve(args.uad, str(inp.card.get("name") or args.model))
+    uad = None if uad_dir is None else UadRows.load(uad_dir, inp, [r.case_id for r in discover(args.cohort)],
+                                                    args.device)
     abl = acc["calibration"]["ablation"]
     configs: dict[str, PipelineParams] = {"paper": PipelineParams(profile="paper", write_preview=False)}
     for name, row in abl.items():
@@ -223,6 +267,8 @@ def evaluate(args: argparse.Namespace) -> None:
         for name, params in configs.items():
             per[name], _, _ = run_config(p, params, inp)
         per.update(baselines(p))
+        if uad is not None:
+            per.update(uad.rows(p))
         for name, rec in per.items():
             rec.pop("curve", None)
             records.setdefault(name, []).append({"case": cid, "healthy": p.healthy, "prepare_s": p.prepare_s,
@@ -231,11 +277,13 @@ def evaluate(args: argparse.Namespace) -> None:
                                           for k, v in per.items()))
         del p
     meta = {"command": _command(), "model": inp.card.get("name"), "model_sha256": inp.sha256,
-            "cohort": str(args.cohort), "cohort_command": _cohort_command(args.cohort),
+            "cohort": str(args.cohort), "cohort_command": cohort_command(args.cohort),
             "calibration": {k: v for k, v in acc["calibration"].items() if k != "delineation_grid"},
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                        f"load average at end {os.getloadavg()[0]:.2f}",
             "wall_s": time.time() - t_start}
+    if uad is not None and uad_dir is not None:
+        meta["uad"] = uad.summary(uad_dir)
     _write(args.out, meta, records, exact)
     # exact vs fast last (slow): the main tables are on disk even if this part is stopped
     exact_ids = [r["case"] for r in records["default"] if not r["healthy"]][: max(args.exact, 0)]
@@ -266,18 +314,9 @@ def _exact_vs_fast(p: Prepared, inp: Any, fast: dict[str, Any]) -> dict[str, Any
             "exact_s": ex["seconds"] + p.prepare_s, "paper_exact_dice": paper_ex["dice"]}
 
 
-def _cohort_command(cohort: Path) -> str | None:
-    f = cohort / "cases.json"
-    if not f.is_file():
-        return None
-    d = json.loads(f.read_text())
-    return (f"autopaint phantom --kind {d['kind']} --n {d['n']} --seed {d['seed']} --size {d['size']} "
-            f"--healthy-fraction {d['healthy_fraction']} --out {cohort}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("calibrate", "evaluate"))
+    ap.add_argument("what", choices=("calibrate", "evaluate", "calibrate-uad"))
     ap.add_argument("--model", default="thorax-petct-gconvlap-128")
     ap.add_argument("--cohort", type=Path, required=True)
     ap.add_argument("--ids", nargs="*", default=None, help="only these case ids (e.g. a model card's split)")
@@ -286,10 +325,21 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="calibrate: store the result on the model card")
     ap.add_argument("--exact", type=int, default=0, help="evaluate: exact vs fast on this many tumour patients")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "accuracy.md")
+    ap.add_argument("--uad", type=Path, default=None,
+                    help="dAE/VAE folder (calibrate-uad writes it, evaluate reads it; default work/uad/<model>)")
+    ap.add_argument("--no-uad", action="store_true", help="evaluate: no dAE/VAE rows")
+    ap.add_argument("--train-cohort", type=Path, default=None,
+                    help="calibrate-uad: phantom cohort of the dAE/VAE healthy training slices (generated when missing)")
+    ap.add_argument("--train-n", type=int, default=20, help="calibrate-uad: patients of a generated training cohort")
+    ap.add_argument("--train-seed", type=int, default=11,
+                    help="calibrate-uad: seed of a generated training cohort (not a val/test cohort's seed)")
+    ap.add_argument("--train-healthy-fraction", type=float, default=0.25)
+    ap.add_argument("--uad-seconds", type=float, default=180.0, help="calibrate-uad: training budget per network (s)")
+    ap.add_argument("--uad-width", type=int, default=16, help="calibrate-uad: channels of the first encoder stage")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("autopaint").setLevel(logging.WARNING)
-    (calibrate if args.what == "calibrate" else evaluate)(args)
+    {"calibrate": calibrate, "evaluate": evaluate, "calibrate-uad": calibrate_uad}[args.what](args)
 
 
 if __name__ == "__main__":

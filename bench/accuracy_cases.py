@@ -10,8 +10,11 @@ thresholds (so a global threshold can be chosen on validation patients afterward
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cc3d
@@ -50,6 +53,28 @@ class Prepared:
     @property
     def healthy(self) -> bool:
         return not bool(self.label.any())
+
+
+def iter_cases(cohort: Path, ids: list[str] | None) -> Iterator[tuple[str, PipelineInputs]]:
+    """(case id, inputs) of a cohort folder (only ``ids`` when given), loaded one at a time."""
+    from autopaint.data.cohorts import discover, load_case
+
+    refs = discover(cohort)
+    if ids is not None:
+        refs = [r for r in refs if r.case_id in set(ids)]
+    for r in refs:
+        c = load_case(r)
+        yield c.case_id, PipelineInputs.from_case(c)
+
+
+def cohort_command(cohort: Path) -> str | None:
+    """The ``autopaint phantom`` command that generated a phantom cohort (None for other folders)."""
+    f = cohort / "cases.json"
+    if not f.is_file():
+        return None
+    d = json.loads(f.read_text())
+    return (f"autopaint phantom --kind {d['kind']} --n {d['n']} --seed {d['seed']} --size {d['size']} "
+            f"--healthy-fraction {d['healthy_fraction']} --out {cohort}")
 
 
 def prepare(case_id: str, inputs: PipelineInputs, inpainter: Any, preset: str | None) -> Prepared:
@@ -119,7 +144,8 @@ def baselines(p: Prepared) -> dict[str, dict[str, Any]]:
 
 def lesion_scores(engine: AutoinpaintResult, hot_model: np.ndarray, label_model: np.ndarray
                   ) -> list[tuple[float, bool]]:
-    """(best candidate score, touches a tumour) per 3-D hot component of the model grid."""
+    """(lesion score, touches a tumour) per 3-D hot component of the model grid (the lesion score
+    of the engine's gate scope: see ``segment.guided``)."""
     cands = engine.extra.get("candidates") or []
     if not cands:
         return []
@@ -129,6 +155,7 @@ def lesion_scores(engine: AutoinpaintResult, hot_model: np.ndarray, label_model:
         r, col = int(round(c["centre"][0])), int(round(c["centre"][1]))
         i = int(comp[c["k"], r, col])
         if i:
-            best[i] = max(best.get(i, -np.inf), float(c["score"]))
+            score = c["score"] if c.get("lesion_score") is None else c["lesion_score"]
+            best[i] = max(best.get(i, -np.inf), float(score))
     tumour = set(np.unique(comp[label_model]).tolist())
     return [(s, i in tumour) for i, s in best.items()]

@@ -8,20 +8,17 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from bench.quality_report import pooled_ratio
+
 ABLATION = ("paper", "hotspot", "+hyper", "+gating", "+coverage", "+delineation", "default")
 BASELINES = ("SUV >= 2.5", "41 % SUVmax", "41 % SUVmax per lesion", "PERCIST (1.5 x ref + 2 SD)",
              "PET window sweep (oracle)")
+UAD = ("dAE", "VAE")  # reconstruction baselines (bench/accuracy_uad.py), when evaluate had them
 
 
 def _ms(vals: list[Any]) -> str:
     v = [x for x in vals if x is not None and np.isfinite(x)]
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if v else "-"
-
-
-def _sum_ratio(recs: list[dict[str, Any]], num: str, den: str) -> str:
-    n = sum(r.get(num, 0) for r in recs)
-    d = sum(r.get(den, 0) for r in recs)
-    return f"{n / d:.3f} ({n}/{d})" if d else "-"
 
 
 def summary_row(name: str, recs: list[dict[str, Any]]) -> str:
@@ -31,7 +28,8 @@ def summary_row(name: str, recs: list[dict[str, Any]]) -> str:
         return f"| {name} | {_ms([r['dice'] for r in tum])} | - | - | - | - | - | - | - | - | - |"
     best = [r.get("best_dice") for r in tum if r.get("best_dice") is not None]
     return (f"| {name} | {_ms([r['dice'] for r in tum])} | {_ms(best) if best else '-'} | "
-            f"{_sum_ratio(tum, 'lesions_found_ge_min', 'lesions_ge_min')} | {_sum_ratio(tum, 'lesions_found', 'lesions')} | "
+            f"{pooled_ratio(tum, 'lesions_found_ge_min', 'lesions_ge_min', '-')} | "
+            f"{pooled_ratio(tum, 'lesions_found', 'lesions', '-')} | "
             f"{np.mean([r['fp_components'] for r in recs]):.2f} | {np.mean([r['fp_volume_ml'] for r in tum]):.2f} | "
             f"{np.mean([r['fn_volume_ml'] for r in tum]):.2f} | "
             f"{np.median([r['pred_volume_ml'] for r in hea]) if hea else float('nan'):.2f} | "
@@ -46,7 +44,7 @@ HEADER = ("| method | Dice (tumour patients) | [Dice] | lesion sensitivity >= 1 
 def wilcoxon_rows(records: dict[str, list[dict[str, Any]]], ref: str = "default") -> list[str]:
     out = ["| default vs | mean Dice difference | pairs | Wilcoxon p (two-sided) |", "|---|---|---|---|"]
     base = {r["case"]: r["dice"] for r in records[ref] if not r["healthy"]}
-    for name in (*BASELINES, "paper"):
+    for name in (*BASELINES, *UAD, "paper"):
         if name not in records:
             continue
         other = {r["case"]: r["dice"] for r in records[name] if not r["healthy"]}
@@ -56,6 +54,19 @@ def wilcoxon_rows(records: dict[str, list[dict[str, Any]]], ref: str = "default"
         p = float(stats.wilcoxon(a, b).pvalue) if len(keys) >= 2 and np.any(a != b) else float("nan")
         out.append(f"| {name} | {np.mean(a - b):+.3f} | {len(keys)} | {p:.2g} |")
     return out
+
+
+def _uad_lines(uad: dict[str, Any] | None) -> list[str]:
+    if not uad:
+        return []
+    tr = uad["training"]
+    return [f"dAE / VAE: trained on the healthy slices of `{uad['train_cohort_command']}` "
+            f"({uad['slices']['train']} train / {uad['slices']['val']} val slices; "
+            + ", ".join(f"{k} {t['steps']} steps in {t['train_seconds']:.0f} s, val L1 "
+                        + ("n/a" if t.get("val_l1") is None else f"{t['val_l1']:.4f}") for k, t in tr.items())
+            + f"), residual |x - x_hat| (mean of CT and PET) in the organ of interest, thresholds "
+            f"{ {k: round(v, 2) for k, v in uad['thresholds'].items()} } chosen on the validation patients "
+            f"(validation Dice { {k: round(v, 3) for k, v in uad['val_dice'].items()} }; `{uad['command']}`).  "]
 
 
 def write_report(path: Path, meta: dict[str, Any], records: dict[str, list[dict[str, Any]]],
@@ -69,16 +80,16 @@ def write_report(path: Path, meta: dict[str, Any], records: dict[str, list[dict[
              f"Model sha256 {meta['model_sha256'][:12]}; {n_t} patients with tumour, {n_h} without; "
              f"machine: {meta['machine']}; wall {meta['wall_s'] / 60:.1f} min.  ",
              f"Every threshold and level was chosen on the validation patients {cal['cases']} of "
-             f"{cal['cohort']} (`{cal['command']}`): gate level {cal['gate_level']:.4f} "
+             f"{cal['cohort']} (`{cal['command']}`): gate {cal.get('gate_scope', 'lesion')} level {cal['gate_level']:.4f} "
              f"(budget {cal['fp_budget_per_patient']} false-positive lesions per patient), residual thresholds "
-             f"{ {k: round(v, 2) for k, v in cal['thresholds'].items()} }.", "",
+             f"{ {k: round(v, 2) for k, v in cal['thresholds'].items()} }.", *_uad_lines(meta.get("uad")), "",
              "Dice: single threshold/level from validation, mean ± SD over patients with tumour; [Dice]: per-patient "
              "best residual threshold of the paper's sweep (residual-threshold rows only); lesion-wise numbers as "
              "autoPET defines them (cc3d components, 18-connectivity): a true lesion is found when any predicted "
              "voxel touches it; FPV/FNV = mean false-positive/false-negative volume per tumour patient; FP "
              "components counted over all patients; healthy FP = predicted volume on the patients without tumour.",
              "", "## Methods on the same patients", "", HEADER]
-    for name in ("default", "paper", *BASELINES):
+    for name in ("default", "paper", *BASELINES, *UAD):
         if name in records:
             lines.append(summary_row(name, records[name]))
     lines += ["", "## Wilcoxon signed-rank (Dice, patients with tumour)", "", *wilcoxon_rows(records), "",
@@ -101,7 +112,8 @@ def write_report(path: Path, meta: dict[str, Any], records: dict[str, list[dict[
                   f"{np.mean([e['exact_hit'] for e in exact]):.3f}; Dice fast "
                   f"{np.mean([e['fast_dice'] for e in exact]):.3f} vs exact {np.mean([e['exact_dice'] for e in exact]):.3f}."]
     lines += ["", "## Per patient (Dice; healthy: predicted ml)", ""]
-    names = [n for n in ("default", "paper", "SUV >= 2.5", "41 % SUVmax", "PERCIST (1.5 x ref + 2 SD)") if n in records]
+    names = [n for n in ("default", "paper", "SUV >= 2.5", "41 % SUVmax", "PERCIST (1.5 x ref + 2 SD)", *UAD)
+             if n in records]
     lines += ["| case | tumour ml | lesions | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
     for i, r in enumerate(records["default"]):
         cells = []

@@ -85,18 +85,22 @@ def _load_cases(cohort_dir: Path, ids: list[str]) -> list[Any]:
 
 def _segment_cases(plan: CohortPlan, cases: list[Any], split: str, pp: Any, inpainters: dict[str, Any],
                    levels: dict[str, float | None], uads: dict[str, Any], records: dict[str, list[dict[str, Any]]],
-                   device: str) -> None:
+                   device: str, thresholds: dict[str, float | None] | None = None) -> None:
+    """Every method on each case (one case in memory at a time). ``thresholds``: the methods' global
+    thresholds (test patients): the records then also get the lesion-wise numbers at them."""
     from bench.quality_seg import autopaint_record, baseline_records, case_grid, uad_record
 
+    ts = thresholds or {}
     for case in cases:
         t0 = time.perf_counter()
         grid = case_grid(case, pp, plan.preset)
         per: dict[str, dict[str, Any]] = {}
         for name, inp in inpainters.items():
-            per[name] = autopaint_record(case, grid, inp, plan.preset, screen_level=levels.get(name))
+            per[name] = autopaint_record(case, grid, inp, plan.preset, screen_level=levels.get(name),
+                                         threshold=ts.get(name))
         for name, model in uads.items():
-            per[name] = uad_record(model, [0, 1], grid, device)
-        per.update(baseline_records(grid))
+            per[name] = uad_record(model, [0, 1], grid, device, threshold=ts.get(name))
+        per.update(baseline_records(grid, thresholds))
         for name, rec in per.items():
             rec.update(case_id=case.case_id, split=split, healthy=grid.healthy, voxel_ml=grid.voxel_ml)
             records.setdefault(name, []).append(rec)
@@ -232,7 +236,8 @@ def _segmentation_tables(plan: CohortPlan, data: _CohortData, inpainters: dict[s
                          levels: dict[str, float | None], uads: dict[str, Any], results: dict[str, Any],
                          timings: dict[str, float], device: str) -> list[Any]:
     """Tables 3-4, 6-7: validation patients choose each method's global threshold, test patients are
-    scored at it. Returns the loaded test cases."""
+    scored at it (Dice from the curves, lesion-wise numbers from the mask at it). Returns the loaded
+    test cases."""
     from bench.quality_seg import apply_global_threshold, choose_global_threshold
 
     t = time.perf_counter()
@@ -247,16 +252,18 @@ def _segmentation_tables(plan: CohortPlan, data: _CohortData, inpainters: dict[s
                    device)
     timings["segment_val"] = time.perf_counter() - t
     t = time.perf_counter()
+    thresholds = {name: choose_global_threshold(recs) for name, recs in val_rec.items()}
     test_cases = _load_cases(data.cohort_dir, test_ids)
-    _segment_cases(plan, test_cases, "test", data.pp, inpainters, levels, uads, test_rec, device)
+    _segment_cases(plan, test_cases, "test", data.pp, inpainters, levels, uads, test_rec, device, thresholds)
     timings["segment_test"] = time.perf_counter() - t
     seg: dict[str, Any] = {}
     for name, recs in test_rec.items():
-        thr = choose_global_threshold(val_rec.get(name, []))
+        thr = thresholds.get(name)
         apply_global_threshold(recs, thr)
         seg[name] = {
             "cases": [r for r in recs if not r["healthy"]], "global_threshold": thr,
-            "healthy": [{"case_id": r["case_id"], "fp_ml": r.get("fp_ml")} for r in recs if r["healthy"]
+            "healthy": [{"case_id": r["case_id"], "fp_ml": r.get("fp_ml"),
+                         "fp_components": r.get("lesion", {}).get("fp_components")} for r in recs if r["healthy"]
                         and r.get("fp_ml") is not None],
             "val_tumour_cases": sum(1 for r in val_rec.get(name, []) if not r["healthy"]),
             "seconds": float(sum(r.get("seconds", 0.0) for r in recs)),

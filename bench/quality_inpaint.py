@@ -110,15 +110,26 @@ def ensure_uad_model(work: Path, cohort: str, kind: str, train_images: np.ndarra
     info_path = path.with_suffix(".json")
     if path.is_file() and info_path.is_file():
         return load_uad(path, device=device), {**json.loads(info_path.read_text()), "source": "cached"}
+    model, info = train_uad_model(path, kind, train_images, val_images, seconds, size, preprocessing, width, device)
+    info_path.write_text(json.dumps(info))
+    return model, info
+
+
+def train_uad_model(path: Path, kind: str, train_images: np.ndarray, val_images: np.ndarray, seconds: float,
+                    size: int, preprocessing: dict[str, Any], width: int = 16, device: str = "cpu"
+                    ) -> tuple[DenseAutoencoder, dict[str, Any]]:
+    """Train a fresh dAE / VAE (``kind``) for ``seconds`` on healthy slices ``(n, C, N, N)`` and save it
+    to ``path`` (``model.uad.save_uad``); returns the model and its info (steps, seconds, losses, val L1
+    on at most 64 ``val_images``). The one training recipe of the UAD baselines (bench/quality.py,
+    bench/accuracy_uad.py): Adam 1e-3, batch 16, seed 0, ``width`` channels in the first stage."""
     model = build_uad(UADConfig(kind=kind, in_channels=train_images.shape[1], size=size, base_channels=width,
                                 max_channels=8 * width))
     summary = train_uad(model, train_images, max_seconds=seconds, batch_size=16, lr=1e-3, seed=0,
                         val_images=val_images[:64] if len(val_images) else None, device=device)
     save_uad(model, path, preprocessing=preprocessing, training_summary=summary)
-    info = {"path": str(path), "source": "trained", "arch": kind, "modality": "petct",
-            "steps": summary.steps, "train_seconds": summary.seconds,
+    info = {"path": str(path), "source": "trained", "arch": kind, "modality": preprocessing.get("modality", "petct"),
+            "steps": summary.steps, "epochs": summary.epochs, "train_seconds": summary.seconds,
             "loss_first": summary.first_loss, "loss_last": summary.last_loss, "val_l1": summary.val_l1}
-    info_path.write_text(json.dumps(info))
     return model, info
 
 

@@ -152,7 +152,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += ["## Segmentation (paper Tables 3-4 and 6-7)", "",
               "Per test patient with tumour, on the CT grid inside the organ of interest: [Dice]/[Precision]/[Recall] "
               "at the patient's best threshold of the sweep 0..0.8 (step 0.02, `residual > t`); Dice at ONE threshold "
-              "per method chosen on validation patients (max mean Dice); healthy FP = volume (ml) flagged in healthy "
+              "per method chosen on validation patients (max mean Dice); at that threshold (fixed rules: their mask) the "
+              "lesion-wise numbers as autoPET defines them (`segment.metrics.lesion_metrics`, cc3d components, "
+              "18-connectivity): a true lesion is found when a predicted voxel touches it, sensitivity pooled over "
+              "the tumour patients' lesions (>= 1 ml, and all), false-positive components (touching no lesion) per "
+              "test patient (healthy ones included), FPV / FNV = false-positive / missed-lesion volume per tumour "
+              "patient; healthy FP = volume (ml) flagged in healthy "
               f"test patients at that threshold. p: Wilcoxon signed-rank on per-patient [Dice] vs {REFERENCE}. "
               "Autoinpainting = `run_pipeline` in fast mode. Fixed rules (SUV≥2.5, 41% SUVmax) have no threshold to "
               "pick: [Dice] = Dice. PET window sweep = the PET (SUV/12 in the OOI) thresholded like a residual, i.e. "

@@ -5,9 +5,11 @@ Result layout (``bench/results/quality.json``, written by quality.py):
 - ``inpainting[cohort][method][channel] = {"mse": [...], "psnr": [...], "ssim": [...]}`` per test
   image (0-255 scale; ``channel`` is "CT", "PET" or "Multi" (both channels of a PET/CT model) for the
   PET/CT models and "CT"/"PET" single-modality models keep their own names, see quality.py).
-- ``segmentation[cohort][modality][method] = {"cases": [{"case_id", "dice_best", "precision_best",
-  "recall_best", "t_best", "dice_global"}...], "global_threshold": float|None, "healthy":
-  [{"case_id", "fp_ml"}...], "seconds": float}``.
+- ``segmentation[cohort][method] = {"cases": [{"case_id", "dice_best", "precision_best",
+  "recall_best", "t_best", "dice_global", "lesion"}...], "global_threshold": float|None, "healthy":
+  [{"case_id", "fp_ml", "fp_components"}...], "seconds": float}``; ``lesion``: the autoPET
+  lesion-wise numbers of ``segment.metrics.lesion_metrics`` at the global threshold (fixed rules: their
+  mask), absent when no threshold was chosen (and in results written before they existed).
 
 Paired tests: scipy.stats.wilcoxon (two-sided signed-rank; exact for small n without ties) between
 the reference method (GconvLap on PET/CT, or GconvLap in the inpainting tables) and each other method, paired by case (segmentation) or image
@@ -76,8 +78,32 @@ def _case_values(entry: dict[str, Any], key: str, ids: list[str]) -> np.ndarray:
     return np.array([np.nan if by_id.get(i) is None else float(by_id[i]) for i in ids], dtype=np.float64)
 
 
+def pooled_ratio(recs: Sequence[dict[str, Any]], num: str, den: str, empty: str = "n/a") -> str:
+    """``"r (n/d)"`` of sums over records (e.g. lesions found / lesions, pooled over patients); ``empty``
+    when the denominator is 0."""
+    n = sum(int(r.get(num, 0)) for r in recs)
+    d = sum(int(r.get(den, 0)) for r in recs)
+    return f"{n / d:.3f} ({n}/{d})" if d else empty
+
+
+def lesion_cells(entry: dict[str, Any]) -> list[str]:
+    """Lesion-wise cells of a method at its global threshold (autoPET definitions): sensitivity for
+    lesions >= 1 ml and for all lesions (pooled over tumour patients), FP components per patient (all
+    test patients, healthy included), FPV and FNV (ml, mean±std over tumour patients); "n/a" without
+    lesion numbers (no threshold chosen, or results from before they existed)."""
+    les = [c["lesion"] for c in entry.get("cases", []) if c.get("lesion")]
+    fpc = [float(c["fp_components"]) for c in les]
+    fpc += [float(h["fp_components"]) for h in entry.get("healthy", []) if h.get("fp_components") is not None]
+    if not les:
+        return ["n/a"] * 5
+    return [pooled_ratio(les, "lesions_found_ge_min", "lesions_ge_min"), pooled_ratio(les, "lesions_found", "lesions"),
+            f"{np.mean(fpc):.2f}", mean_std([c["fp_volume_ml"] for c in les], 1),
+            mean_std([c["fn_volume_ml"] for c in les], 1)]
+
+
 def segmentation_rows(methods: dict[str, dict[str, Any]], reference: str = REFERENCE) -> list[list[str]]:
-    """Rows: method, [Dice], [Precision], [Recall], Dice@t (t), healthy FP ml, n, p([Dice] vs reference).
+    """Rows: method, [Dice], [Precision], [Recall], Dice@t (t), the lesion-wise cells at t
+    (:func:`lesion_cells`), healthy FP ml, n, p([Dice] vs reference).
 
     Cases are paired by ``case_id`` over the union of all methods' test cases.
     """
@@ -99,6 +125,7 @@ def segmentation_rows(methods: dict[str, dict[str, Any]], reference: str = REFER
             mean_std(_case_values(entry, "precision_best", ids)),
             mean_std(_case_values(entry, "recall_best", ids)),
             mean_std(glob) + (f" (t={t:.2f})" if t is not None else ""),
+            *lesion_cells(entry),
             mean_std(fp, 1) if fp else "n/a",
             str(int(np.isfinite(best).sum())),
             p,
@@ -106,8 +133,9 @@ def segmentation_rows(methods: dict[str, dict[str, Any]], reference: str = REFER
     return rows
 
 
-SEG_HEADERS = ["Method", "[Dice]", "[Precision]", "[Recall]", "Dice @ global t", "Healthy FP (ml)", "n",
-               "p vs reference ([Dice])"]
+SEG_HEADERS = ["Method", "[Dice]", "[Precision]", "[Recall]", "Dice @ global t", "Lesion sens. >= 1 ml @ t",
+               "Lesion sens. all @ t", "FP comp. / patient @ t", "FPV (ml) @ t", "FNV (ml) @ t", "Healthy FP (ml)",
+               "n", "p vs reference ([Dice])"]
 
 
 def segmentation_table(methods: dict[str, dict[str, Any]], reference: str = REFERENCE) -> str:

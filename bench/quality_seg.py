@@ -7,7 +7,11 @@ inside the same organ of interest (the pipeline's :func:`organ_of_interest`).
 
 A case record keeps the whole curve (Dice/precision/recall and the positive-voxel count per
 threshold), so the global threshold can be chosen on validation patients afterwards
-(:func:`apply_global_threshold`) without re-running anything.
+(:func:`apply_global_threshold`) without re-running anything. The autoPET lesion-wise numbers
+(``segment.metrics.lesion_metrics``) need the mask itself, so they are computed while the case's map
+is in memory, at a threshold known beforehand: bench/quality.py segments the validation patients
+first, chooses each method's global threshold, and passes it when it segments the test patients
+(``threshold=`` / ``thresholds=``; the record then has ``lesion``; fixed masks get it with ``lesion=True``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from autopaint.model.uad import DenseAutoencoder, residual_maps
 from autopaint.segment.baselines import pet_window_map, suv_fixed_threshold, suvmax_fraction_threshold
 from autopaint.segment.calibrate import choose_threshold
 from autopaint.segment.engine import FAST_SOURCES, autoinpaint
-from autopaint.segment.metrics import segmentation_metrics
+from autopaint.segment.metrics import lesion_metrics, segmentation_metrics
 from autopaint.segment.pipeline import PipelineInputs, PipelineParams, organ_of_interest, run_pipeline
 from autopaint.segment.thresholds import sweep, sweep_thresholds
 
@@ -62,8 +66,9 @@ def case_grid(case: Case, params: PreprocessParams, preset: str) -> CaseGrid:
     return CaseGrid(prepared, ooi, label, ref.voxel_volume_ml)
 
 
-def curve_record(residual: np.ndarray, grid: CaseGrid) -> dict[str, Any]:
-    """Sweep a reference-grid map: best-threshold metrics plus per-threshold curves (lists of 41)."""
+def curve_record(residual: np.ndarray, grid: CaseGrid, threshold: float | None = None) -> dict[str, Any]:
+    """Sweep a reference-grid map: best-threshold metrics plus per-threshold curves (lists of 41);
+    with ``threshold`` (the method's global one) also the lesion-wise numbers of ``residual > threshold``."""
     sw = sweep(residual, grid.label, THRESHOLDS)
     r = np.sort(np.asarray(residual, dtype=np.float64).ravel())
     positives = r.size - np.searchsorted(r, THRESHOLDS, side="right")
@@ -73,52 +78,72 @@ def curve_record(residual: np.ndarray, grid: CaseGrid) -> dict[str, Any]:
         "t_best": best["threshold"],
         "curve": {"dice": sw["dice"], "precision": sw["precision"], "recall": sw["recall"],
                   "positives": [int(p) for p in positives]},
+        **({} if threshold is None else {"lesion": lesion_metrics(residual > threshold, grid.label, grid.voxel_ml)}),
     }
 
 
-def fixed_record(mask: np.ndarray, grid: CaseGrid) -> dict[str, Any]:
-    """Metrics of a fixed binary mask (no threshold to choose: [Dice] = Dice)."""
+def fixed_record(mask: np.ndarray, grid: CaseGrid, lesion: bool = False) -> dict[str, Any]:
+    """Metrics of a fixed binary mask (no threshold to choose: [Dice] = Dice); ``lesion``: also the
+    lesion-wise numbers."""
     m = segmentation_metrics(mask, grid.label)
     return {"dice_best": m["dice"], "precision_best": m["precision"], "recall_best": m["recall"],
-            "t_best": None, "dice_global": m["dice"], "fp_ml": float(np.count_nonzero(mask & ~grid.label)) * grid.voxel_ml}
+            "t_best": None, "dice_global": m["dice"], "fp_ml": float(np.count_nonzero(mask & ~grid.label)) * grid.voxel_ml,
+            **({"lesion": lesion_metrics(mask, grid.label, grid.voxel_ml)} if lesion else {})}
 
 
-def _reference_map(stack: np.ndarray, grid: CaseGrid) -> np.ndarray:
-    res = np.clip(grid.prepared.to_reference(stack, order=1), 0.0, 1.0).astype(np.float32)
-    res[~grid.ooi] = 0.0
+def reference_map(stack: np.ndarray, prepared: PreparedCase, ooi: np.ndarray) -> np.ndarray:
+    """A model-grid map ``(K, N, N)`` in [0, 1] back on the reference grid (linear), 0 outside ``ooi``."""
+    res = np.clip(prepared.to_reference(stack, order=1), 0.0, 1.0).astype(np.float32)
+    res[~ooi] = 0.0
     return res
 
 
-def uad_record(model: DenseAutoencoder, channels: list[int], grid: CaseGrid, device: str = "cpu") -> dict[str, Any]:
-    """dAE / VAE residual |x - x_hat| (mean over channels) of every slice, mapped back to the reference grid."""
-    images = grid.prepared.images[:, channels]
-    ooi_model = grid.prepared.mask_to_model(grid.ooi)
+def uad_residual(model: DenseAutoencoder, prepared: PreparedCase, ooi: np.ndarray, channels: list[int] | None = None,
+                 device: str = "cpu") -> np.ndarray:
+    """dAE / VAE residual |x - x_hat| (mean over ``channels``, default all) of every model slice, inside
+    the organ of interest ``ooi`` (reference grid, bool), mapped back to the reference grid."""
+    images = prepared.images if channels is None else prepared.images[:, channels]
+    res = residual_maps(model, images, prepared.mask_to_model(ooi), device=device)
+    return reference_map(res, prepared, ooi)
+
+
+def uad_record(model: DenseAutoencoder, channels: list[int], grid: CaseGrid, device: str = "cpu",
+               threshold: float | None = None) -> dict[str, Any]:
+    """dAE / VAE residual (:func:`uad_residual`) swept like every residual (``threshold``: see :func:`curve_record`)."""
     t0 = time.perf_counter()
-    res = residual_maps(model, images, ooi_model, device=device)
-    rec = curve_record(_reference_map(res, grid), grid)
-    rec["seconds"] = time.perf_counter() - t0
+    res = uad_residual(model, grid.prepared, grid.ooi, channels, device)
+    seconds = time.perf_counter() - t0
+    rec = curve_record(res, grid, threshold)
+    rec["seconds"] = seconds
     return rec
 
 
-def baseline_records(grid: CaseGrid) -> dict[str, dict[str, Any]]:
-    """SUV >= 2.5, 41 % of SUVmax (global and per lesion), and the windowed-PET sweep."""
+def baseline_records(grid: CaseGrid, thresholds: dict[str, float | None] | None = None) -> dict[str, dict[str, Any]]:
+    """SUV >= 2.5, 41 % of SUVmax (global and per lesion), and the windowed-PET sweep.
+
+    ``thresholds`` (method -> global threshold, None: not chosen): when given, the records get the
+    lesion-wise numbers (fixed masks as they are, the sweep at its threshold)."""
     pet = grid.prepared.pet_on_ref
     assert pet is not None, "SUV baselines need a PET"
     suv = np.asarray(pet.data, dtype=np.float32)
+    lesion = thresholds is not None
     out = {
-        "SUV≥2.5": fixed_record(suv_fixed_threshold(suv, grid.ooi), grid),
-        "41% SUVmax": fixed_record(suvmax_fraction_threshold(suv, grid.ooi), grid),
-        "41% SUVmax per lesion": fixed_record(suvmax_fraction_threshold(suv, grid.ooi, mode="per_lesion"), grid),
-        "PET window sweep": curve_record(pet_window_map(suv, grid.ooi), grid),
+        "SUV≥2.5": fixed_record(suv_fixed_threshold(suv, grid.ooi), grid, lesion),
+        "41% SUVmax": fixed_record(suvmax_fraction_threshold(suv, grid.ooi), grid, lesion),
+        "41% SUVmax per lesion": fixed_record(suvmax_fraction_threshold(suv, grid.ooi, mode="per_lesion"), grid,
+                                              lesion),
+        "PET window sweep": curve_record(pet_window_map(suv, grid.ooi), grid,
+                                         (thresholds or {}).get("PET window sweep")),
     }
     return out
 
 
 def autopaint_record(case: Case, grid: CaseGrid, inpainter: Any, preset: str, mode: str = "fast",
-                     screen_level: float | None = None) -> dict[str, Any]:
+                     screen_level: float | None = None, threshold: float | None = None) -> dict[str, Any]:
     """Run the product's :func:`run_pipeline` (files to a temp dir, discarded) and sweep its residual.
 
-    ``screen_level``: fast mode's calibrated screening level (None: the volume's own fallback)."""
+    ``screen_level``: fast mode's calibrated screening level (None: the volume's own fallback);
+    ``threshold``: see :func:`curve_record`."""
     tmp = Path(tempfile.mkdtemp(prefix="quality-seg-"))
     try:
         t0 = time.perf_counter()
@@ -130,7 +155,7 @@ def autopaint_record(case: Case, grid: CaseGrid, inpainter: Any, preset: str, mo
         shutil.rmtree(tmp, ignore_errors=True)
     if res.residual.shape != grid.label.shape:
         raise RuntimeError(f"pipeline residual {res.residual.shape} != reference {grid.label.shape}")
-    rec = curve_record(np.where(grid.ooi, res.residual, 0.0), grid)
+    rec = curve_record(np.where(grid.ooi, res.residual, 0.0), grid, threshold)
     flagged = sum(1 for s in res.engine.slices if s.get("flagged"))
     rec.update(seconds=seconds, forward_passes=int(res.report["forward_passes"]["total"]), flagged_slices=flagged,
                kept_slices=sum(1 for s in res.engine.slices if s.get("kept")))

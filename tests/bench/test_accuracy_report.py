@@ -46,11 +46,17 @@ def test_wilcoxon_sees_a_consistent_gain() -> None:
 
 def test_report_has_the_tables(tmp_path: Path) -> None:
     records = {name: _records(s) for name, s in (("default", 0.1), ("paper", -0.2), ("SUV >= 2.5", 0.0),
-                                                 ("hotspot", -0.1), ("+delineation", 0.1))}
+                                                 ("hotspot", -0.1), ("+delineation", 0.1), ("dAE", -0.3),
+                                                 ("VAE", -0.35))}
     meta = {"model": "m", "cohort": "c", "command": "python bench/accuracy.py evaluate", "cohort_command": "autopaint phantom",
             "model_sha256": "0" * 64, "machine": "cpu", "wall_s": 60.0,
             "calibration": {"cases": ["v1"], "cohort": "v", "command": "cal", "gate_level": 0.2,
-                            "fp_budget_per_patient": 0.25, "thresholds": {"hotspot": 0.3}}}
+                            "fp_budget_per_patient": 0.25, "thresholds": {"hotspot": 0.3}},
+            "uad": {"thresholds": {"dAE": 0.12, "VAE": 0.14}, "val_dice": {"dAE": 0.21, "VAE": 0.2},
+                    "command": "python bench/accuracy.py calibrate-uad", "train_cohort_command": "autopaint phantom --seed 11",
+                    "slices": {"train": 900, "val": 150},
+                    "training": {"dAE": {"steps": 500, "train_seconds": 180.0, "val_l1": 0.02},
+                                 "VAE": {"steps": 450, "train_seconds": 180.0, "val_l1": None}}}}
     exact = [{"case": "t0", "fast_images": 20, "exact_images": 900, "paper_exact_images": 880, "fast_hit": 1.0,
               "exact_hit": 1.0, "fast_dice": 0.9, "exact_dice": 0.89, "paper_exact_dice": 0.5, "fast_s": 10.0,
               "exact_s": 90.0}]
@@ -60,3 +66,9 @@ def test_report_has_the_tables(tmp_path: Path) -> None:
     for part in ("## Methods on the same patients", "## Wilcoxon", "## Ablation", "## Fast vs exact",
                  "44.0x less work", "| t0 |", "autopaint phantom"):
         assert part in text, part
+    # the dAE / VAE rows: methods table, Wilcoxon, per patient, and where they come from
+    lines = text.splitlines()
+    assert sum(ln.startswith("| dAE | ") for ln in lines) == 2 and sum(ln.startswith("| VAE | ") for ln in lines) == 2
+    assert "| default | paper | SUV >= 2.5 | dAE | VAE |" in text
+    assert "thresholds {'dAE': 0.12, 'VAE': 0.14} chosen on the validation patients" in text
+    assert "autopaint phantom --seed 11" in text and "VAE 450 steps in 180 s, val L1 n/a" in text

@@ -12,8 +12,10 @@ from bench.quality_report import (
     best_method,
     format_p,
     inpainting_rows,
+    lesion_cells,
     mean_std,
     paired_wilcoxon,
+    pooled_ratio,
     segmentation_rows,
     segmentation_table,
 )
@@ -63,17 +65,39 @@ def test_segmentation_rows_numbers() -> None:
     assert rows["GconvLap-PET/CT"][1] == "0.708±0.130"
     assert rows["GconvLap-PET/CT"][2] == "0.354±0.065"
     assert rows["GconvLap-PET/CT"][4] == "0.608±0.130 (t=0.12)"
-    assert rows["GconvLap-PET/CT"][5] == "3.0±1.0"
-    assert rows["GconvLap-PET/CT"][7] == "—"
+    assert rows["GconvLap-PET/CT"][5:10] == ["n/a"] * 5      # no lesion-wise numbers in these records
+    assert rows["GconvLap-PET/CT"][10] == "3.0±1.0"
+    assert rows["GconvLap-PET/CT"][12] == "—"
     assert rows["SUV>=2.5"][1] == mean_std(worse) == "0.673±0.135"
     assert rows["SUV>=2.5"][4] == "0.573±0.135"
-    assert rows["SUV>=2.5"][5] == "n/a"
-    assert rows["SUV>=2.5"][7] == "0.031"
-    assert rows["dAE"][6] == "3" and rows["dAE"][7] == "n/a"  # 3 identical pairs: undefined
+    assert rows["SUV>=2.5"][10] == "n/a"
+    assert rows["SUV>=2.5"][12] == "0.031"
+    assert rows["dAE"][11] == "3" and rows["dAE"][12] == "n/a"  # 3 identical pairs: undefined
     table = segmentation_table(methods).splitlines()
     assert table[0].startswith("| Method | [Dice]") and len(table) == 2 + 3
     assert "| SUV>=2.5 | 0.673±0.135 |" in table[3]
     assert best_method(methods) == ("GconvLap-PET/CT", pytest.approx(np.mean(REF)))
+
+
+def _lesion(found: int, lesions: int, big_found: int, big: int, fp: int, fpv: float, fnv: float) -> dict[str, Any]:
+    return {"lesions_found": found, "lesions": lesions, "lesions_found_ge_min": big_found, "lesions_ge_min": big,
+            "fp_components": fp, "fp_volume_ml": fpv, "fn_volume_ml": fnv}
+
+
+def test_lesion_cells_pool_lesions_and_count_fp_over_all_patients() -> None:
+    cases = _cases([0.8, 0.6])
+    cases[0]["lesion"] = _lesion(2, 3, 1, 2, fp=1, fpv=2.0, fnv=1.0)
+    cases[1]["lesion"] = _lesion(1, 1, 1, 1, fp=0, fpv=4.0, fnv=3.0)
+    entry = {"cases": cases, "global_threshold": 0.2,
+             "healthy": [{"case_id": "h", "fp_ml": 1.0, "fp_components": 2}, {"case_id": "h2", "fp_ml": 0.0}]}
+    # >= 1 ml: (1 + 1) / (2 + 1); all: (2 + 1) / (3 + 1); FP components (1 + 0 + 2) / 3 patients (h2 has none
+    # recorded: results from before the lesion numbers); FPV / FNV mean±std over the tumour patients
+    assert lesion_cells(entry) == ["0.667 (2/3)", "0.750 (3/4)", "1.00", "3.0±1.0", "2.0±1.0"]
+    row = segmentation_rows({"GconvLap-PET/CT": entry})[0]
+    assert row[5:10] == lesion_cells(entry) and row[10] == "0.5±0.5"
+    assert pooled_ratio([{"a": 0, "b": 0}], "a", "b") == "n/a" and pooled_ratio([], "a", "b", "-") == "-"
+    table = segmentation_table({"GconvLap-PET/CT": entry}).splitlines()
+    assert "Lesion sens. >= 1 ml @ t" in table[0] and "| 0.667 (2/3) | 0.750 (3/4) | 1.00 |" in table[2]
 
 
 def test_inpainting_rows_numbers() -> None:

@@ -40,3 +40,22 @@ def test_apply_fills_dice_and_fp_volume() -> None:
     assert recs[1]["dice_global"] is None
     assert recs[1]["fp_ml"] == pytest.approx(700 * 0.5)        # 1000 * (1 - 0.3) voxels of 0.5 ml
     assert "fp_ml" not in recs[0]
+
+
+def test_lesion_numbers_at_the_global_threshold() -> None:
+    from bench.quality_seg import CaseGrid, curve_record, fixed_record
+
+    label = np.zeros((20, 20, 10), bool)
+    label[2:5, 2:5, 2:5] = True                     # 27 voxels, found
+    label[12:14, 12:14, 6:8] = True                 # 8 voxels, missed
+    res = np.zeros(label.shape, np.float32)
+    res[2:5, 2:5, 2:5] = 0.5
+    res[15:18, 2:4, 1:3] = 0.3                      # a false-positive component of 12 voxels (> 0.2 only)
+    grid = CaseGrid(prepared=None, ooi=np.ones(label.shape, bool), label=label, voxel_ml=0.5)  # type: ignore[arg-type]
+    assert "lesion" not in curve_record(res, grid)  # validation pass: no threshold yet
+    les = curve_record(res, grid, threshold=0.2)["lesion"]
+    assert (les["lesions"], les["lesions_found"], les["fp_components"]) == (2, 1, 1)
+    assert les["fp_volume_ml"] == pytest.approx(6.0) and les["fn_volume_ml"] == pytest.approx(4.0)
+    assert curve_record(res, grid, threshold=0.4)["lesion"]["fp_components"] == 0
+    fixed = fixed_record(res > 0.4, grid, lesion=True)
+    assert fixed["lesion"]["lesions_found"] == 1 and "lesion" not in fixed_record(res > 0.4, grid)

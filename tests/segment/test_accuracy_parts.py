@@ -232,3 +232,28 @@ def test_profiles_resolve_card_paper_and_explicit_parts() -> None:
     with pytest.raises(ValueError, match="profile"):
         resolve("best", card)
     assert SearchParams.from_dict(acc.search.to_dict()) == acc.search
+
+
+def test_region_gate_joins_the_fragments_of_a_mild_lesion_and_scores_its_peak() -> None:
+    """Scope "region": hot fragments joined by residual >= gate_region_level count as one lesion scored
+    by its peak residual (kept together); an isolated spike of the same mean is scored alone."""
+    from autopaint.segment.guided import HotCandidate, _gate
+
+    k, n = 3, 16
+    hot = np.zeros((k, n, n), dtype=bool)
+    resid = np.zeros((k, n, n), dtype=np.float32)
+    hot[0, 2, 2] = hot[2, 2, 2] = True           # two fragments of one lesion, slices 0 and 2
+    resid[:, 2, 2] = 0.15                         # joined through slice 1 by a mild residual
+    resid[1, 2, 2] = 0.30                         # the lesion's peak lies between the fragments
+    hot[0, 10, 10] = True                         # an isolated spike elsewhere
+    resid[0, 10, 10] = 0.15
+    flat = lambda r, c: np.array([r * n + c])  # noqa: E731
+    cands = [HotCandidate(0, (2, 2), 3.0, flat(2, 2), score=0.15), HotCandidate(2, (2, 2), 3.0, flat(2, 2), score=0.15),
+             HotCandidate(0, (10, 10), 3.0, flat(10, 10), score=0.15)]
+    params = SearchParams(candidates="hotspot", gate_scope="region", gate_region_level=0.1, gate_level=0.2)
+    _gate(cands, hot, params, resid)
+    assert [c.lesion_score for c in cands] == pytest.approx([0.30, 0.30, 0.15])
+    assert [c.kept for c in cands] == [True, True, False]
+    lesion = replace(params, gate_scope="lesion")  # per hot component, best slice score: all gated out
+    _gate(cands, hot, lesion, resid)
+    assert [c.kept for c in cands] == [False, False, False]

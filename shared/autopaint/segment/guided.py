@@ -10,7 +10,10 @@
   residual >= ``residual_level`` the tumour reaches past the hole, so the union grows by the margin
   and the slice is inpainted again (at most ``coverage_passes`` times).
 * **Gating**: a candidate's score is its area-normalised residual (mean over the component's pixels);
-  with ``gate_level`` set, candidates at or below it are explained away as healthy uptake and their
+  its lesion score is the best score of its 3-D hot component (scope "lesion") or the peak residual of
+  the 3-D region its hot spot belongs to once hot spots are joined by residual >= ``gate_region_level``
+  (scope "region": the hot fragments of a large, mildly avid tumour count as one lesion). With
+  ``gate_level`` set, candidates at or below it are explained away as healthy uptake and their
   circles are given back the input (residual 0), like the paper's size filter does for a slice.
 
 Hand-written: the paper's authors release the hot-spot idea as code for their data; the component
@@ -120,6 +123,7 @@ def hotspot_search(inpainter: InpainterLike, images: np.ndarray, hot: np.ndarray
     k_count, _, n, _ = images.shape
     todo = [k for k in range(k_count) if hot[k].any()]
     unions = np.zeros((k_count, n, n), dtype=bool)
+    resid = np.zeros((k_count, n, n), dtype=np.float32)
     painted: dict[int, np.ndarray] = {}
     per: dict[int, list[HotCandidate]] = {}
     passes: dict[int, int] = {}
@@ -138,12 +142,13 @@ def hotspot_search(inpainter: InpainterLike, images: np.ndarray, hot: np.ndarray
         res = rule(images[idx], out_c)
         for j, k in enumerate(chunk):
             painted[k] = out_c[j]
+            resid[k] = res[j]
             for c in per[k]:
                 c.score = float(res[j].ravel()[c.pixels].mean())
         if on_chunk is not None:
             on_chunk(min(start + batch, len(todo)), len(todo))
     cands = [c for k in todo for c in per[k]]
-    _gate(cands, hot, params)
+    _gate(cands, hot, params, resid * ooi)
     out = images.astype(np.float32, copy=True)
     for k in todo:
         parts = cc3d.connected_components(unions[k].astype(np.uint8), connectivity=8).ravel()
@@ -153,20 +158,26 @@ def hotspot_search(inpainter: InpainterLike, images: np.ndarray, hot: np.ndarray
     return unions, out, cands, passes
 
 
-def _gate(cands: list[HotCandidate], hot: np.ndarray, params: SearchParams) -> None:
-    """Set ``kept`` on every candidate (see :func:`hotspot_search`)."""
-    if params.gate_level is None:
-        return
+def _gate(cands: list[HotCandidate], hot: np.ndarray, params: SearchParams, resid: np.ndarray) -> None:
+    """Score every candidate for its scope and, with ``params.gate_level`` set, set ``kept`` (see
+    :func:`hotspot_search`). ``resid`` (K, N, N): the channel-combined residual inside the organ."""
     if params.gate_scope == "candidate":
         for c in cands:
-            c.kept = c.score > params.gate_level
-        return
-    comp = cc3d.connected_components(hot.astype(np.uint8), connectivity=26)
-    n2 = hot.shape[-1] * hot.shape[-2]
-    ids = [int(comp.reshape(hot.shape[0], n2)[c.k, c.pixels[0]]) for c in cands]
-    best: dict[int, float] = {}
-    for i, c in zip(ids, cands, strict=True):
-        best[i] = max(best.get(i, -np.inf), c.score)
-    for i, c in zip(ids, cands, strict=True):
-        c.kept = best[i] > params.gate_level
-        c.lesion_score = best[i]
+            c.lesion_score = c.score
+    else:
+        region = hot | (resid >= params.gate_region_level) if params.gate_scope == "region" else hot
+        comp = cc3d.connected_components(region.astype(np.uint8), connectivity=26)
+        n2 = hot.shape[-1] * hot.shape[-2]
+        ids = [int(comp.reshape(hot.shape[0], n2)[c.k, c.pixels[0]]) for c in cands]
+        if params.gate_scope == "region":
+            peak = ndimage.maximum(resid, comp, index=sorted(set(ids)))
+            best = dict(zip(sorted(set(ids)), (float(v) for v in np.atleast_1d(peak)), strict=True))
+        else:
+            best = {}
+            for i, c in zip(ids, cands, strict=True):
+                best[i] = max(best.get(i, -np.inf), c.score)
+        for i, c in zip(ids, cands, strict=True):
+            c.lesion_score = best[i]
+    if params.gate_level is not None:
+        for c in cands:
+            c.kept = bool(c.lesion_score is not None and c.lesion_score > params.gate_level)

@@ -28,7 +28,7 @@ Combine = Literal["mean", "max"]
 Unflagged = Literal["skip", "coarse"]
 Candidates = Literal["sweep", "hotspot", "both"]
 Sign = Literal["abs", "hyper"]
-GateScope = Literal["candidate", "lesion"]
+GateScope = Literal["candidate", "lesion", "region"]
 
 
 @runtime_checkable
@@ -82,7 +82,10 @@ class SearchParams:
     ``gate_level``: a candidate (hot component) or a swept slice counts only when its area-normalised
     residual (mean over its pixels) exceeds this level (None = no gating; calibrated on healthy
     validation patients; ``gate_scope`` "lesion": a 3-D hot component counts by its best slice,
-    "candidate": each slice's component on its own); ``coverage_passes``: grow a union by ``hot_margin_px`` and re-inpaint while
+    "candidate": each slice's component on its own; "region": the 3-D region (26-connected, model
+    grid) of the hot spots joined by residual >= ``gate_region_level`` counts by its PEAK residual, so the
+    fragments of a large, mildly avid tumour count together while an isolated noise spike stays
+    alone); ``coverage_passes``: grow a union by ``hot_margin_px`` and re-inpaint while
     more than ``coverage_fraction`` of its border ring keeps a residual >= ``residual_level``.
     """
 
@@ -109,6 +112,7 @@ class SearchParams:
     channel_weights: tuple[float, ...] | None = None
     gate_level: float | None = None
     gate_scope: GateScope = "lesion"
+    gate_region_level: float = 0.08
     coverage_passes: int = 0
     coverage_fraction: float = 0.25
     hot_margin_px: float = 8.0
