@@ -55,12 +55,9 @@ from pathlib import Path
 from typing import Any
 
 from autopaint.contracts import TASK_RUN_JOB
-from tests.faults.harness import (
+from tests.faults.harness import PgDatabase, RedisServer, Serve, Tmpfs
+from tests.faults.probes import (
     PIECE,
-    PgDatabase,
-    RedisServer,
-    Serve,
-    Tmpfs,
     all_jobs,
     artifacts,
     child_pid,

@@ -1,8 +1,8 @@
 """The embedded service behind ``autopaint serve``: uvicorn + real Celery worker processes on
 SQLite (database and the kombu ``sqla+sqlite://`` broker) and local storage; no Redis/PostgreSQL.
 
-The same classes start workers for the tests and the demo. Workers are separate process groups
-(``start_new_session``) so they can be stopped with ``os.killpg`` without touching the caller.
+The worker processes, started the same way for the tests and the demo, and the supervisor that
+restarts a dead one are :mod:`services.embedded_workers`; this module holds the service around them.
 
 Faults (docs/RELIABILITY.md): a supervisor thread restarts a dead worker process (bounded, with
 backoff) and reports it in ``/readyz`` (``workers``) and ``/metrics``; the state folder is locked
@@ -19,10 +19,7 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from autopaint.settings import Settings
+from services.embedded_workers import WorkerPool, WorkerProcess, start_worker
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "AUTOPAINT_API_KEY"
-PARENT_PID_ENV = "AUTOPAINT_PARENT_PID"  # set for workers started here: they die with this process
 LOCK_FILE = "serve.lock"
 PIDS_FILE = "workers.pids"
 
@@ -96,28 +93,6 @@ def kill_stale_workers(state_dir: Path) -> int:
     path.unlink(missing_ok=True)
     return killed
 
-
-def watch_parent(interval_s: float = 1.0) -> bool:
-    """In a worker started by :func:`start_worker`: a daemon thread that kills this worker's whole
-    process group (its pool children too) as soon as the process that started it is gone (its
-    parent PID changes), so a killed ``serve`` leaves no orphan worker running jobs. Returns
-    whether it watches (only when ``AUTOPAINT_PARENT_PID`` is set)."""
-    try:
-        parent = int(os.environ.get(PARENT_PID_ENV, ""))
-    except ValueError:
-        return False
-
-    def _watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                log.error("the process that started this worker (pid %d) is gone; exiting", parent)
-                if os.getpgrp() == os.getpid():
-                    os.killpg(os.getpid(), signal.SIGKILL)
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(interval_s)
-
-    threading.Thread(target=_watch, name="watch-parent", daemon=True).start()
-    return True
 
 
 def embedded_queue(settings: Settings) -> str:
@@ -211,96 +186,11 @@ def ensure_api_key(settings: Settings, name: str = "embedded") -> str:
         engine.dispose()
 
 
-@dataclass
-class WorkerProcess:
-    """One ``autopaint worker`` process group (prefork parent + its children)."""
-
-    proc: subprocess.Popen[bytes]
-    queues: list[str]
-    log_path: Path | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self) -> None:
-        """SIGTERM the parent: Celery's warm shutdown (the running job may finish)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the parent (Celery warm shutdown: the running job may finish), SIGKILL the
-        whole group after ``timeout`` seconds (an unfinished job is re-run: acks_late + lease)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-
-def start_worker(settings: Settings, queues: list[str], concurrency: int = 1,
-                 log_path: Path | None = None, extra_env: dict[str, str] | None = None,
-                 loglevel: str = "INFO") -> WorkerProcess:
-    """Start ``autopaint worker`` (Celery prefork, ``concurrency`` children) in its own process
-    group, configured by ``settings`` through ``AUTOPAINT_*`` environment variables. The worker
-    kills its group when this process dies (:func:`watch_parent`)."""
-    from services.worker.config import settings_env
-
-    env = {**os.environ, **settings_env(settings), **(extra_env or {}), PARENT_PID_ENV: str(os.getpid())}
-    cmd = [sys.executable, "-m", "services.cli", "worker", "--queues", ",".join(queues),
-           "--concurrency", str(concurrency), "--loglevel", loglevel,
-           "--name", f"autopaint-{secrets.token_hex(4)}"]
-    out: Any = subprocess.DEVNULL
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    if log_path is not None:
-        out.close()
-    log.info("worker pid %d started on %s", proc.pid, queues)
-    return WorkerProcess(proc, queues, log_path)
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    """Wait (bounded) until no process of the group ``pgid`` is left."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-
-
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # n-th death within the window -> delay
-MAX_RESTARTS = 5  # a worker that dies more often than this within RESTART_WINDOW_S is given up
-RESTART_WINDOW_S = 600.0
-
-
-@dataclass
-class _Slot:
-    """The supervisor's record of one worker position."""
-
-    deaths: list[float] = field(default_factory=list)  # monotonic times, within the window
-    restart_at: float | None = None
-    given_up: bool = False
-
 
 @dataclass
 class EmbeddedService:
     """uvicorn (API) in a background thread + ``workers`` Celery worker processes, watched by a
-    supervisor thread that restarts a dead one (``supervise``)."""
+    supervisor thread that restarts a dead one (``supervise``; :class:`~services.embedded_workers.WorkerPool`)."""
 
     settings: Settings
     host: str = "127.0.0.1"
@@ -313,20 +203,25 @@ class EmbeddedService:
     supervise: bool = True
     supervise_every_s: float = 0.5
     worker_stop_timeout_s: float = 10.0  # warm shutdown: the running job may finish this long
-    restarts: int = 0
     _server: Any = None
     _thread: threading.Thread | None = None
     _lock_fd: int | None = None
-    _slots: list[_Slot] = field(default_factory=list)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _supervisor: threading.Thread | None = None
     _metrics: Any = None
     _app: Any = None
-    _mutex: threading.Lock = field(default_factory=threading.Lock)
+    _pool: WorkerPool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pool = WorkerPool(lambda i: self._spawn(i), self.worker_procs, on_spawned=self._record_pids,
+                                on_restart=self._count_restart, on_death=self._reconcile_now)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def restarts(self) -> int:
+        """Worker restarts by the supervisor so far."""
+        return self._pool.restarts
 
     # --- the state folder ---------------------------------------------------------------------
 
@@ -359,27 +254,15 @@ class EmbeddedService:
 
     def start_workers(self) -> None:
         self.acquire()
-        self._stopping.clear()
-        with self._mutex:
-            for i in range(self.workers):
-                self.worker_procs.append(self._spawn(i))
-                self._slots.append(_Slot())
-            self._record_pids()
-        if self.supervise and self.workers and self._supervisor is None:
-            self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
-            self._supervisor.start()
+        self._pool.start(self.workers, self.supervise_every_s if self.supervise else None)
 
     def workers_alive(self) -> int:
         """Worker processes running now (``/readyz`` is not ready at 0)."""
-        return sum(1 for w in list(self.worker_procs) if w.alive())
+        return self._pool.alive()
 
-    def _supervise(self) -> None:
-        while not self._stopping.wait(self.supervise_every_s):
-            try:
-                if self._check_workers():
-                    self._reconcile_now()
-            except Exception:  # never let the supervisor die
-                log.exception("worker supervisor")
+    def _count_restart(self) -> None:
+        if self._metrics is not None and self._metrics.worker_restarts is not None:
+            self._metrics.worker_restarts.inc()
 
     def _reconcile_now(self) -> None:
         """A worker died: the API's reconciler re-queues its job now (its holder is gone from this
@@ -388,61 +271,8 @@ class EmbeddedService:
         if rec is not None:
             rec.check_gone_holders()
 
-    def _check_workers(self) -> bool:
-        """Restart due workers, schedule dead ones; True when one was found dead just now."""
-        now = time.monotonic()
-        died = False
-        with self._mutex:
-            if self._stopping.is_set():
-                return False
-            for i, (w, slot) in enumerate(zip(self.worker_procs, self._slots, strict=True)):
-                if slot.given_up:
-                    continue
-                if slot.restart_at is None:
-                    if w.alive():
-                        continue
-                    w.stop(timeout=0)  # the group: pool children orphaned by a killed parent
-                    _wait_group_gone(w.pid, 2.0)
-                    died = True
-                    slot.deaths = [t for t in slot.deaths if now - t < RESTART_WINDOW_S] + [now]
-                    if len(slot.deaths) > MAX_RESTARTS:
-                        slot.given_up = True
-                        log.error("worker %d (pid %d) exited with %s and died %d times in %.0f s: "
-                                  "not restarting it", i, w.pid, w.proc.returncode, len(slot.deaths),
-                                  RESTART_WINDOW_S)
-                        continue
-                    delay = RESTART_BACKOFF_S[min(len(slot.deaths), len(RESTART_BACKOFF_S)) - 1]
-                    slot.restart_at = now + delay
-                    log.error("worker %d (pid %d) exited with %s; restarting it in %.0f s", i, w.pid,
-                              w.proc.returncode, delay)
-                elif now >= slot.restart_at:
-                    slot.restart_at = None
-                    self.worker_procs[i] = self._spawn(i)
-                    self.restarts += 1
-                    if self._metrics is not None and self._metrics.worker_restarts is not None:
-                        self._metrics.worker_restarts.inc()
-                    log.warning("worker %d restarted: pid %d (restart %d)", i, self.worker_procs[i].pid,
-                                self.restarts)
-                    self._record_pids()
-        return died
-
     def stop_workers(self) -> None:
-        self._stopping.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=10)
-            self._supervisor = None
-        with self._mutex:
-            if self.worker_procs:
-                log.info("stopping %d worker(s) (warm shutdown, up to %.0f s)", len(self.worker_procs),
-                         self.worker_stop_timeout_s)
-            for w in self.worker_procs:  # all at once: each may finish its running job meanwhile
-                w.terminate()
-            for w in self.worker_procs:
-                w.stop(timeout=self.worker_stop_timeout_s)
-            if self.worker_procs:
-                log.info("workers stopped")
-            self.worker_procs.clear()
-            self._slots.clear()
+        self._pool.stop(self.worker_stop_timeout_s)
         self._release()
 
     # --- the API --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from services.api import (
     routes_callbacks,
     routes_cohorts,
     routes_events,
+    routes_files,
     routes_jobs,
     routes_ops,
     routes_threshold,
@@ -222,7 +223,8 @@ def create_app(settings: Settings, publisher: Publisher | None = None) -> FastAP
     app.state.ctx = AppContext(settings=settings, engine=engine, sessions=sessions,
                                storage=make_storage(settings), publisher=pub, metrics=metrics)
     install_error_handlers(app)
-    for module in (routes_jobs, routes_events, routes_threshold, routes_cohorts, routes_callbacks, routes_ops):
+    for module in (routes_jobs, routes_files, routes_events, routes_threshold, routes_cohorts, routes_callbacks,
+                   routes_ops):
         app.include_router(module.router)
     app.include_router(routes_viewer.router)
     app.add_middleware(_AllowMiddleware)

@@ -9,16 +9,16 @@ sqla) and the production API container (PostgreSQL + Redis, next to N workers). 
    every ``lease_s / 3``) ran out has no live worker: the child was killed, the whole worker died,
    or the worker lost the broker and was stopped. (A holder that was a process of this host and
    PID namespace and is gone, as in the embedded service, has its lease ended at once:
-   ``autopaint.db.jobs.expire_gone_leases``, checked every ``LOCAL_CHECK_S`` between passes.) The row goes back to QUEUED with code
+   ``autopaint.db.leases.expire_gone_leases``, checked every ``LOCAL_CHECK_S`` between passes.) The row goes back to QUEUED with code
    ``worker_lost`` and is published again; when its attempts are used up it ends FAILED
    (``max_attempts_exceeded``) instead, so a job that keeps killing its worker does not loop.
-   (``autopaint.db.jobs.reclaim_expired``.)
+   (``autopaint.db.leases.reclaim_expired``.)
 2. **Lost messages.** A QUEUED job that entered the queue more than ``stale_queued_after_s``
    seconds ago (default ``2 x lease_s``, longer than any countdown a worker puts on a retry) while
    the broker holds no message for its queue will never be delivered (the message was deleted with a
    dead worker's prefetch, or lost with a Redis that restarted without it): it is published again.
    A job is stamped when re-published, so each job is re-published at most once per period, by
-   one API replica (``autopaint.db.jobs.claim_stale_queued``), and at most ``reconcile_batch``
+   one API replica (``autopaint.db.leases.claim_stale_queued``), and at most ``reconcile_batch``
    jobs per pass.
 
 Re-publishing is always safe: a duplicate message finds the job leased by a live worker (it waits
@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from autopaint.db import jobs as repo
+from autopaint.db import leases
 from autopaint.settings import Settings
 from services.api.queue import Publisher
 
@@ -84,8 +84,8 @@ class Reconciler:
         done = Pass()
         s = self.settings
         with self.sessions() as session:
-            repo.expire_gone_leases(session)  # holders that died on this host (embedded): no wait
-            reclaimed = repo.reclaim_expired(session, limit=s.reconcile_batch)
+            leases.expire_gone_leases(session)  # holders that died on this host (embedded): no wait
+            reclaimed = leases.reclaim_expired(session, limit=s.reconcile_batch)
         for job_id, queue in reclaimed.requeued:
             self._publish(job_id, queue, done, "requeued")
         done.failed, done.cancelled = len(reclaimed.failed), len(reclaimed.cancelled)
@@ -94,14 +94,14 @@ class Reconciler:
                 if n:
                     self.metrics.reconciled.labels(action).inc(n)
         with self.sessions() as session:
-            waiting = repo.queued_queues(session, s.stale_queued_after_s)
+            waiting = leases.queued_queues(session, s.stale_queued_after_s)
         # only queues whose broker list is empty: a message still waiting there will deliver
         # its job (a backlog is not a loss); None = the broker cannot say, try next pass
         empty = {q for q in waiting if self.publisher.queue_length(q) == 0}
         if empty:
             with self.sessions() as session:
-                stale = repo.claim_stale_queued(session, s.stale_queued_after_s, empty,
-                                                limit=max(0, s.reconcile_batch - done.requeued))
+                stale = leases.claim_stale_queued(session, s.stale_queued_after_s, empty,
+                                                  limit=max(0, s.reconcile_batch - done.requeued))
             for job_id, queue in stale:
                 log.warning("reconciler: job %s queued without a message; publishing it again", job_id)
                 self._publish(job_id, queue, done, "republished")
@@ -114,7 +114,7 @@ class Reconciler:
         """End the leases of holders gone from this host; a full pass when there were any (so a
         job whose pool child was killed shows QUEUED again within seconds). True if it acted."""
         with self.sessions() as session:
-            gone = repo.expire_gone_leases(session)
+            gone = leases.expire_gone_leases(session)
         if gone:
             self.run_once()
         return bool(gone)

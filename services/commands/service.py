@@ -134,7 +134,7 @@ def worker(
     import socket
 
     from autopaint.settings import Settings
-    from services.embedded import watch_parent
+    from services.embedded_workers import watch_parent
     from services.worker.app import create_celery_app
     from services.worker.config import worker_queues
 

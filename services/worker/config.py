@@ -17,7 +17,7 @@ Delivery guarantees (DESIGN.md §5):
 - ``worker_lost_wait = 1``: a killed child's message goes back to the queue after 1 s, not 10 s
   (Celery waits that long for a result the child might have sent; results are not used here). The
   next child finds the dead child gone from this host and takes the lease over at once
-  (``autopaint.db.jobs.expire_gone_leases``): a killed child's job restarts within seconds.
+  (``autopaint.db.leases.expire_gone_leases``): a killed child's job restarts within seconds.
 - ``worker_cancel_long_running_tasks_on_connection_loss = False``: a broker outage does not kill
   the running job. It keeps its DB lease (heartbeats go to the database), finishes and stores its
   result; its unacknowledged message, re-delivered later, finds the job finished and is dropped.

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from autopaint.db import make_engine, make_session_factory
-from autopaint.db.jobs import lease_owner_id
+from autopaint.db.leases import lease_owner_id
 from autopaint.settings import Settings
 from autopaint.storage import Storage, make_storage
 
@@ -61,5 +61,5 @@ class WorkerContext:
 
 def worker_id() -> str:
     """``host@pidns:pid`` of this process: the lease owner written on the job row
-    (``autopaint.db.jobs.lease_owner_id``)."""
+    (``autopaint.db.leases.lease_owner_id``)."""
     return lease_owner_id()

@@ -19,7 +19,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from autopaint.contracts import RESULT_NAMES, JobParams, JobState
-from autopaint.db import Job
+from autopaint.db import Job, leases
 from autopaint.db import jobs as repo
 from autopaint.errors import Cancelled, InvalidInput, ModelError
 from autopaint.progress import ProgressEvent, Stage, Unit
@@ -91,7 +91,7 @@ class Heartbeat:
         while not self._stop.wait(max(0.2, self.lease_s / 3.0)):
             try:
                 with self.ctx.session() as s:
-                    if not repo.heartbeat(s, self.job_id, self.worker, self.lease_s):
+                    if not leases.heartbeat(s, self.job_id, self.worker, self.lease_s):
                         log.warning("job %s: lease lost (taken over); stopping", self.job_id)
                         self.lost = True
                         return
@@ -138,7 +138,7 @@ def _not_leased(ctx: WorkerContext, job_id: str) -> Outcome:
         job = s.get(Job, job_id)
         if job is None or job.state.terminal:
             return Outcome("skipped")
-        remaining = repo.lease_remaining_s(s, job_id)
+        remaining = leases.lease_remaining_s(s, job_id)
     if remaining is not None:
         return Outcome("wait_lease", retry_in_s=max(0.5, remaining + 0.5))
     return Outcome("skipped")
@@ -148,9 +148,9 @@ def execute_job(ctx: WorkerContext, job_id: str, worker: str) -> Outcome:
     """Run one job end to end (see the module docstring); never raises for job errors."""
     settings = ctx.settings
     with ctx.session() as s:
-        job = repo.lease_job(s, job_id, worker, settings.lease_s)
-        if job is None and repo.expire_gone_leases(s, job_id):  # its holder died on this host
-            job = repo.lease_job(s, job_id, worker, settings.lease_s)
+        job = leases.lease_job(s, job_id, worker, settings.lease_s)
+        if job is None and leases.expire_gone_leases(s, job_id):  # its holder died on this host
+            job = leases.lease_job(s, job_id, worker, settings.lease_s)
         if job is None:
             return _not_leased(ctx, job_id)
         params = JobParams.model_validate(job.params or {})

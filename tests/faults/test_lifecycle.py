@@ -17,16 +17,8 @@ import pytest
 
 from autopaint.contracts import TASK_RUN_JOB
 from autopaint.settings import Settings
-from tests.faults.harness import (
-    ROOT,
-    Serve,
-    all_jobs,
-    child_pid,
-    pid_alive,
-    wait_for,
-    wait_running,
-    wait_terminal,
-)
+from tests.faults.harness import ROOT, Serve
+from tests.faults.probes import all_jobs, child_pid, pid_alive, wait_for, wait_running, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 LEASE = {"AUTOPAINT_LEASE_S": "10"}

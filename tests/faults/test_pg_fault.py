@@ -18,17 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import (
-    PgDatabase,
-    RedisServer,
-    Serve,
-    inputs,
-    poll_job,
-    readyz_watch,
-    wait_for,
-    wait_running,
-    wait_terminal,
-)
+from tests.faults.harness import PgDatabase, RedisServer, Serve
+from tests.faults.probes import inputs, poll_job, readyz_watch, wait_for, wait_running, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

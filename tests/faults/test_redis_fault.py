@@ -15,15 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from autopaint.client import ApiError
-from tests.faults.harness import (
-    RedisServer,
-    Serve,
-    all_jobs,
-    inputs,
-    wait_for,
-    wait_running,
-    wait_terminal,
-)
+from tests.faults.harness import RedisServer, Serve
+from tests.faults.probes import all_jobs, inputs, wait_for, wait_running, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

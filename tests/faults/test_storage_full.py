@@ -23,16 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.faults.harness import (
-    Serve,
-    Tmpfs,
-    all_jobs,
-    artifacts,
-    inputs,
-    wait_for,
-    wait_running,
-    wait_terminal,
-)
+from tests.faults.harness import Serve, Tmpfs
+from tests.faults.probes import all_jobs, artifacts, inputs, wait_for, wait_running, wait_terminal
 from tests.imaging.badfiles import ct_array, nifti_bytes
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import (
+from tests.faults.harness import Serve
+from tests.faults.probes import (
     PIECE,
-    Serve,
     inputs,
     pid_alive,
     spooled_bytes,

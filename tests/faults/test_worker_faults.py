@@ -14,15 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.harness import (
-    Serve,
-    child_pid,
-    pid_alive,
-    readyz_watch,
-    wait_for,
-    wait_running,
-    wait_terminal,
-)
+from tests.faults.harness import Serve
+from tests.faults.probes import child_pid, pid_alive, readyz_watch, wait_for, wait_running, wait_terminal
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 

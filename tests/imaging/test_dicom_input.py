@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from autopaint.errors import InvalidInput
+from autopaint.imaging.dicom_headers import list_dicom_series
 from autopaint.imaging.dicom_zip import extract_series_zip, is_zip
-from autopaint.imaging.io import list_dicom_series, read_dicom_series
+from autopaint.imaging.io import read_dicom_series
 from autopaint.paths import data_dir
 
 pydicom = pytest.importorskip("pydicom")

@@ -14,7 +14,8 @@ from PIL import Image
 
 from autopaint.imaging.volume import Volume
 from autopaint.segment.lesions import lesion_table
-from autopaint.segment.preview import NO_LESION, RESEARCH_NOTICE, preview_figure, render_preview
+from autopaint.segment.preview import RESEARCH_NOTICE, preview_figure, render_preview
+from autopaint.segment.preview_lesions import NO_LESION
 
 REPORT = {"model": {"name": "thorax-petct-gconvlap-128", "sha256": "7c9311d921e7b2ee" + "0" * 48},
           "threshold": {"value": 0.2, "source": "model_card"}, "params": {"mode": "fast"}}

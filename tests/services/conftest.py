@@ -7,6 +7,8 @@
 - ``pg_url``: one migrated database per test session.
 - ``redis_url``, ``run_id``: the local Redis (a db number + a unique key prefix / queue name
   per test run). ``services_settings``: PostgreSQL + Redis + local storage.
+- ``api``: the API in process; ``cb_api``: the same with loopback callbacks allowed and a fast
+  backoff; ``receiver``: a loopback callback receiver (the callback tests).
 Tests that need Redis or PostgreSQL are marked ``@pytest.mark.services`` and skip cleanly when
 the servers are not reachable.
 """
@@ -26,6 +28,7 @@ from autopaint.settings import Settings
 
 if TYPE_CHECKING:
     from tests.services.apikit import Api
+    from tests.services.receiver import Receiver
 
 PG_HOST = os.environ.get("AUTOPAINT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("AUTOPAINT_TEST_PG_PORT", "5432"))
@@ -194,3 +197,26 @@ def api(sqlite_settings: Settings) -> Iterator[Api]:
     a = Api(sqlite_settings)
     yield a
     a.close()
+
+
+CALLBACKS_FAST = {"callback_allow": "127.0.0.1/32", "callback_backoff_s": 0.05, "callback_backoff_max_s": 0.2,
+                  "callback_max_attempts": 3, "callback_timeout_s": 3.0, "callback_poll_s": 0.05}
+
+
+@pytest.fixture
+def cb_api(sqlite_settings: Settings) -> Iterator[Api]:
+    """The API with loopback callbacks allowed and a fast backoff (the callback tests)."""
+    from tests.services.apikit import Api
+
+    a = Api(sqlite_settings.model_copy(update=CALLBACKS_FAST))
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A loopback HTTP receiver of callbacks (:class:`tests.services.receiver.Receiver`)."""
+    from tests.services.receiver import Receiver
+
+    with Receiver() as r:
+        yield r

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from autopaint.client import Client, zip_dicom_folder
-from autopaint.db import Artifact, Job
+from autopaint.db import Artifact, Job, leases
 from autopaint.db import jobs as repo
 from autopaint.imaging.dicom_export import read_seg_mask
 from autopaint.imaging.io import read_dicom_series, read_volume, write_volume
@@ -154,7 +154,7 @@ def _finish_on_ct_series(api: Api, job_id: str, tmp: Path) -> np.ndarray:
                                                           "mask.rtstruct.dcm"))
     cal = pet_in_suv(pet, pet_tags).meta["suv_calibration"]
     with api.sessions() as s:
-        assert repo.lease_job(s, job_id, "test-worker", 60) is not None
+        assert leases.lease_job(s, job_id, "test-worker", 60) is not None
         assert repo.finish_job(s, job_id, {"threshold": {"value": 0.5, "source": "model_card"}, "pet_units": cal},
                                arts)
     return residual

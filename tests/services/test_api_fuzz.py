@@ -115,7 +115,7 @@ def test_hostile_uploads_never_5xx(live: Live, tmp_path: Path, spec: dict[str, A
 def test_fuzz_leaves_nothing_and_bounded_rss(live: Live) -> None:
     """After the fuzz (file order): the counts, the leftovers and the worst RSS."""
     from autopaint.imaging.validate import validate_nifti
-    from tests.faults.harness import all_jobs
+    from tests.faults.probes import all_jobs
 
     if live.examples < EXAMPLES:
         pytest.skip("the fuzz did not run in this session")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from autopaint.contracts import JobState
-from autopaint.db import Job
+from autopaint.db import Job, leases
 from autopaint.db import jobs as repo
 from autopaint.imaging.io import write_volume
 from autopaint.imaging.volume import Volume
@@ -39,7 +39,7 @@ def _n_jobs(api: Api) -> int:
 def finish_with_results(api: Api, job_id: str, tmp: Path, threshold: float = 0.5) -> np.ndarray:
     """Play the worker: lease, store a residual/mask/lesions, finish. Returns the residual."""
     with api.sessions() as s:
-        job = repo.lease_job(s, job_id, "test-worker", 60)
+        job = leases.lease_job(s, job_id, "test-worker", 60)
         assert job is not None
     ct = nib.load(str(api.settings.storage_dir / job.inputs["ct"]["key"]))
     residual = np.zeros(ct.shape, np.float32)
@@ -200,8 +200,8 @@ def test_cancel_delete_list_status(api: Api, pair: tuple[Path, Path]) -> None:
     r = api.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=api.h())
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     with api.sessions() as s:
-        assert repo.lease_job(s, ids[0], "w", 60) is None  # a cancelled job never starts
-        assert repo.lease_job(s, ids[1], "w", 60) is not None
+        assert leases.lease_job(s, ids[0], "w", 60) is None  # a cancelled job never starts
+        assert leases.lease_job(s, ids[1], "w", 60) is not None
         repo.set_progress(s, ids[1], "searching", 3, 10, "slices", circles_done=40, circles_total=200)
     run = api.client.get(f"/v1/jobs/{ids[1]}", headers=api.h()).json()
     assert run["progress"] == {"stage": "searching", "done": 3, "total": 10, "unit": "slices",

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from autopaint.db import Artifact
 from autopaint.settings import Settings
 from services.api import routes_jobs
-from services.api.routes_jobs import clean_uploads
+from services.api.upload_limits import clean_uploads
 from tests.services.apikit import Api, write_pair
 
 

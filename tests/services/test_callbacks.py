@@ -1,7 +1,8 @@
-"""Callbacks (issue #14): the outbox row commits with the terminal state, the dispatcher POSTs it
-signed to a real loopback receiver, retries with backoff and records each attempt on the job; a
-cohort gets exactly one ``cohort.completed``; the URL guard refuses non-http(s) schemes,
+"""Callbacks (issue #14), signing and delivery: the dispatcher POSTs the outbox row signed to a real
+loopback receiver (the key's secret, both secrets during a rotation's grace), retries with backoff and
+seeded jitter and records each attempt on the job; the URL guard refuses non-http(s) schemes,
 credentials and non-public addresses at submit (422) and again at delivery time.
+``test_callback_outbox.py`` has the outbox's own rules (retention, one ``cohort.completed``, claims).
 
 The API runs in process (``tests.services.apikit.Api``, fake publisher); the tests play the worker
 through the job repository (the worker's own code path to a terminal state) and drive the
@@ -13,29 +14,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy import update as sa_update
 
 from autopaint.contracts import JobState
-from autopaint.db import (
-    ApiKey,
-    CallbackDelivery,
-    Cohort,
-    Job,
-    make_engine,
-    make_session_factory,
-    new_id,
-    utcnow,
-)
+from autopaint.db import ApiKey, CallbackDelivery, leases, make_engine, make_session_factory
 from autopaint.db import callbacks as outbox
 from autopaint.db import jobs as repo
 from autopaint.settings import Settings
@@ -44,67 +31,8 @@ from services.api.auth import hash_key
 from services.api.callbacks import Dispatcher
 from services.api.urlguard import UrlGuard, UrlNotAllowed, is_public
 from tests.services.apikit import Api, write_pair
+from tests.services.callbackkit import callback_secret, deliveries, drain, queued_job, succeed
 from tests.services.receiver import Receiver
-
-FAST = {"callback_allow": "127.0.0.1/32", "callback_backoff_s": 0.05, "callback_backoff_max_s": 0.2,
-        "callback_max_attempts": 3, "callback_timeout_s": 3.0, "callback_poll_s": 0.05}
-
-
-@pytest.fixture
-def cb_api(sqlite_settings: Settings) -> Iterator[Api]:
-    """The API with loopback callbacks allowed and a fast backoff."""
-    a = Api(sqlite_settings.model_copy(update=FAST))
-    yield a
-    a.close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
-
-
-def _owner(api: Api, who: str = "a") -> str:
-    with api.sessions() as s:
-        key = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(api.key_a if who == "a" else api.key_b)))
-        return key.one().id
-
-
-def _secret(api: Api) -> str:
-    r = api.client.get("/v1/callback-secret", headers=api.h())
-    assert r.status_code == 200, r.text
-    return str(r.json()["secret"])
-
-
-def _job(api: Api, url: str | None, cohort_id: str | None = None) -> str:
-    """A QUEUED job row of key ``a`` (what a submit commits), without an upload."""
-    job_id = new_id()
-    with api.sessions() as s:
-        s.add(Job(id=job_id, owner_key_id=_owner(api), state=JobState.QUEUED, params={}, inputs={},
-                  callback_url=url, cohort_id=cohort_id, queue=api.settings.queue))
-        s.commit()
-    return job_id
-
-
-def _succeed(sessions: Any, job_id: str) -> None:
-    """Play the worker: lease and finish the job (``finish_job``, as the worker does)."""
-    with sessions() as s:
-        assert repo.lease_job(s, job_id, f"w-{job_id[:6]}", 60) is not None
-        assert repo.finish_job(s, job_id, {"model": {"name": "fake"}}, [])
-
-
-def _drain(d: Dispatcher, done: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "the dispatcher did not get there in time"
-        d.run_once()
-        time.sleep(0.02)
-
-
-def _rows(api: Api) -> list[CallbackDelivery]:
-    with api.sessions() as s:
-        return list(s.scalars(select(CallbackDelivery).order_by(CallbackDelivery.created_at)))
-
 
 # --- signatures ---------------------------------------------------------------------------------
 
@@ -130,19 +58,19 @@ def test_signed_callback_on_success_verifies_with_the_keys_secret(cb_api: Api, r
     job_id = r.json()["id"]
     assert r.json()["callback_url"] == receiver.url("/hooks/a?tag=1") and r.json()["callbacks"] == []
     assert "callback_url" not in r.json()["params"]  # kept on the job, not in what the worker reads
-    _succeed(cb_api.sessions, job_id)
-    assert [(c.event, c.status) for c in _rows(cb_api)] == [("job.succeeded", "pending")]  # with the state
+    succeed(cb_api.sessions, job_id)
+    assert [(c.event, c.status) for c in deliveries(cb_api)] == [("job.succeeded", "pending")]  # with the state
     d = Dispatcher(cb_api.settings, cb_api.sessions)
     assert d.run_once() == 1
     (got,) = receiver.wait(1)
     assert got.path == "/hooks/a?tag=1" and got.headers["host"] == f"127.0.0.1:{receiver.port}"
-    event = verify(_secret(cb_api), got.headers, got.body)
+    event = verify(callback_secret(cb_api), got.headers, got.body)
     assert event["event"] == got.headers["x-autopaint-event"] == "job.succeeded"
     assert event["id"] == got.headers["x-autopaint-delivery"] and got.headers["x-autopaint-attempt"] == "1"
     assert event["job"]["id"] == job_id and event["job"]["state"] == "succeeded" and event["job"]["finished_at"]
     assert event["links"]["results"] == f"/v1/jobs/{job_id}/results"
-    for secret, body, now in (("0" * 64, got.body, None), (_secret(cb_api), got.body.replace(b"succeeded", b"failed"),
-                                                          None), (_secret(cb_api), got.body, time.time() + 301)):
+    for secret, body, now in (("0" * 64, got.body, None), (callback_secret(cb_api), got.body.replace(b"succeeded", b"failed"),
+                                                          None), (callback_secret(cb_api), got.body, time.time() + 301)):
         with pytest.raises(SignatureError):
             verify(secret, got.headers, body, now=now)
     (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
@@ -153,19 +81,19 @@ def test_signed_callback_on_success_verifies_with_the_keys_secret(cb_api: Api, r
 
 
 def test_secret_rotation_signs_with_both_during_the_grace(cb_api: Api, receiver: Receiver) -> None:
-    old = _secret(cb_api)
+    old = callback_secret(cb_api)
     r = cb_api.client.post("/v1/callback-secret/rotate", headers=cb_api.h())
     assert r.status_code == 200 and r.json()["secret"] != old and r.json()["previous_valid_until"]
     new = r.json()["secret"]
-    assert _secret(cb_api) == new and len(new) == 64
+    assert callback_secret(cb_api) == new and len(new) == 64
     assert cb_api.client.get("/v1/callback-secret", headers=cb_api.h("b")).json()["secret"] not in (old, new)
-    _succeed(cb_api.sessions, _job(cb_api, receiver.url()))
+    succeed(cb_api.sessions, queued_job(cb_api, receiver.url()))
     d = Dispatcher(cb_api.settings, cb_api.sessions)
     d.run_once()
     (got,) = receiver.wait(1)
     assert verify(new, got.headers, got.body) and verify(old, got.headers, got.body)
     no_grace = Dispatcher(cb_api.settings.model_copy(update={"callback_secret_grace_s": 0.0}), cb_api.sessions)
-    _succeed(cb_api.sessions, _job(cb_api, receiver.url()))
+    succeed(cb_api.sessions, queued_job(cb_api, receiver.url()))
     no_grace.run_once()
     got = receiver.wait(2)[1]
     assert verify(new, got.headers, got.body)
@@ -180,17 +108,17 @@ def test_secret_rotation_signs_with_both_during_the_grace(cb_api: Api, receiver:
 
 def test_retry_after_500_then_200_is_recorded_on_the_job(cb_api: Api) -> None:
     with Receiver([500, 200]) as receiver:
-        job_id = _job(cb_api, receiver.url())
+        job_id = queued_job(cb_api, receiver.url())
         with cb_api.sessions() as s:
-            repo.lease_job(s, job_id, "w", 60)
+            leases.lease_job(s, job_id, "w", 60)
             repo.fail_job(s, job_id, "boom", "the pipeline failed")
         d = Dispatcher(cb_api.settings, cb_api.sessions)
         assert d.run_once() == 1
         (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
         assert (cb["status"], cb["attempts"], cb["last_status_code"], cb["last_error"]) == ("pending", 1, 500, "HTTP 500")
-        _drain(d, lambda: len(receiver.requests) == 2 and _rows(cb_api)[0].delivered_at is not None)
+        drain(d, lambda: len(receiver.requests) == 2 and deliveries(cb_api)[0].delivered_at is not None)
         first, second = receiver.requests
-        secret = _secret(cb_api)
+        secret = callback_secret(cb_api)
         assert verify(secret, first.headers, first.body) == verify(secret, second.headers, second.body)
         assert first.headers["x-autopaint-delivery"] == second.headers["x-autopaint-delivery"]  # receivers dedupe
         assert (first.headers["x-autopaint-attempt"], second.headers["x-autopaint-attempt"]) == ("1", "2")
@@ -199,26 +127,26 @@ def test_retry_after_500_then_200_is_recorded_on_the_job(cb_api: Api) -> None:
         (cb,) = cb_api.client.get(f"/v1/jobs/{job_id}", headers=cb_api.h()).json()["callbacks"]
         assert (cb["status"], cb["attempts"], cb["last_status_code"], cb["last_error"]) == ("delivered", 2, 200, None)
         assert cb["delivered_at"] and cb["next_attempt_at"] is None
-        assert [h["status_code"] for h in _rows(cb_api)[0].history] == [500, 200]
+        assert [h["status_code"] for h in deliveries(cb_api)[0].history] == [500, 200]
         d.stop()
 
 
 def test_gives_up_after_max_attempts_and_a_refused_connection_is_an_error(cb_api: Api) -> None:
     with Receiver([503] * 10) as receiver:
-        job_id = _job(cb_api, receiver.url())
+        job_id = queued_job(cb_api, receiver.url())
         with cb_api.sessions() as s:
             assert repo.request_cancel(s, job_id) == JobState.CANCELLED  # the API's cancel of a queued job
         d = Dispatcher(cb_api.settings, cb_api.sessions)
-        _drain(d, lambda: _rows(cb_api)[0].status == "failed")
+        drain(d, lambda: deliveries(cb_api)[0].status == "failed")
         assert len(receiver.requests) == 3 and json.loads(receiver.requests[0].body)["event"] == "job.cancelled"
-    row = _rows(cb_api)[0]
+    row = deliveries(cb_api)[0]
     assert (row.attempts, row.last_status_code, row.next_attempt_at) == (3, 503, None)
     assert outbox.backoff_s(1, 2.0, 60) == 2 and outbox.backoff_s(4, 2.0, 60) == 16 and outbox.backoff_s(9, 2.0, 60) == 60
-    closed = _job(cb_api, receiver.url())  # the receiver is gone now: connection refused
+    closed = queued_job(cb_api, receiver.url())  # the receiver is gone now: connection refused
     with cb_api.sessions() as s:
         repo.fail_job(s, closed, "x", "y")
     d.run_once()
-    row = next(r for r in _rows(cb_api) if r.job_id == closed)
+    row = next(r for r in deliveries(cb_api) if r.job_id == closed)
     assert row.attempts == 1 and row.last_status_code is None and "connect" in (row.last_error or "")
     d.stop()
 
@@ -244,7 +172,7 @@ def test_a_retry_is_scheduled_with_the_seeded_jitter(cb_api: Api) -> None:
     waits = []
     with Receiver([500] * 4) as receiver:
         for seed in (42, 43):
-            job_id = _job(cb_api, receiver.url())
+            job_id = queued_job(cb_api, receiver.url())
             with cb_api.sessions() as s:
                 repo.fail_job(s, job_id, "boom", "boom")
                 if seed == 43:  # a second failure: 2 x the base
@@ -253,197 +181,11 @@ def test_a_retry_is_scheduled_with_the_seeded_jitter(cb_api: Api) -> None:
             d = Dispatcher(settings, cb_api.sessions, rng=random.Random(seed))
             assert d.run_once() == 1
             d.stop()
-            row = next(r for r in _rows(cb_api) if r.job_id == job_id)
+            row = next(r for r in deliveries(cb_api) if r.job_id == job_id)
             assert row.status == "pending" and row.last_attempt_at and row.next_attempt_at
             waits.append((row.next_attempt_at - row.last_attempt_at).total_seconds())
     assert waits == pytest.approx(want, abs=1e-3)
     assert 8.0 <= waits[0] <= 12.0 and 16.0 <= waits[1] <= 24.0 and waits[0] != 10.0
-
-
-def _aged(sessions: Any, kind: str, days: float) -> str:
-    """An outbox row ``days`` old: ``delivered``, ``failed`` (given up), ``failed-never-tried`` (given
-    up without an attempt time), ``pending`` (a retry due) or ``cohort`` (a delivered
-    ``cohort.completed`` of a cohort that still exists)."""
-    row_id, then = new_id(), utcnow() - timedelta(days=days)
-    with sessions() as s:
-        cohort_id = None
-        if kind == "cohort":
-            cohort_id = new_id()
-            s.add(Cohort(id=cohort_id, owner_key_id="o", name="old", callback_url="http://192.0.2.1/"))
-            s.flush()
-        outbox._insert_once(s, {"id": row_id, "owner_key_id": "o", "job_id": None, "cohort_id": cohort_id,
-                                "event": "cohort.completed" if cohort_id else "job.failed",
-                                "url": "http://192.0.2.1/", "payload": {}})
-        values: dict[str, Any] = {"created_at": then, "attempts": 1, "last_attempt_at": then, "next_attempt_at": None}
-        if kind in ("delivered", "cohort"):
-            values["delivered_at"] = then
-        elif kind == "failed-never-tried":
-            values["last_attempt_at"] = None
-        elif kind == "pending":
-            values["next_attempt_at"] = utcnow() + timedelta(hours=1)
-        s.execute(sa_update(CallbackDelivery).where(CallbackDelivery.id == row_id).values(**values))
-        s.commit()
-    return row_id
-
-
-def _ids(sessions: Any) -> set[str]:
-    with sessions() as s:
-        return set(s.scalars(select(CallbackDelivery.id)))
-
-
-def _retention(sessions: Any) -> None:
-    """Rows done before the cutoff go, a batch at a time; young rows, pending rows of any age and the
-    ``cohort.completed`` row of a cohort that exists stay (that one until its cohort is deleted)."""
-    old_done = {_aged(sessions, "delivered", 40), _aged(sessions, "failed", 31),
-                _aged(sessions, "failed-never-tried", 90)}
-    cohort_row = _aged(sessions, "cohort", 400)
-    kept = {_aged(sessions, "delivered", 29), _aged(sessions, "failed", 1), _aged(sessions, "pending", 400),
-            cohort_row}
-    cutoff = utcnow() - timedelta(days=30)
-    with sessions() as s:
-        assert outbox.purge_finished(s, cutoff, 2) == 2
-    assert len(_ids(sessions) & old_done) == 1
-    with sessions() as s:
-        assert outbox.purge_finished(s, cutoff, 2) == 1 and outbox.purge_finished(s, cutoff, 2) == 0
-    assert _ids(sessions) == kept
-    with sessions() as s:  # its cohort deleted: the row is an ordinary old one (cohort_id SET NULL)
-        cohort_id = s.get(CallbackDelivery, cohort_row).cohort_id
-        s.execute(sa_update(CallbackDelivery).where(CallbackDelivery.id == cohort_row).values(cohort_id=None))
-        s.execute(sa_delete(Cohort).where(Cohort.id == cohort_id))
-        s.commit()
-        assert outbox.purge_finished(s, cutoff, 2) == 1
-    assert _ids(sessions) == kept - {cohort_row}
-
-
-def test_retention_deletes_old_done_rows_in_bounded_batches(cb_api: Api) -> None:
-    _retention(cb_api.sessions)
-    settings = cb_api.settings.model_copy(update={"callback_retention_days": 30.0, "callback_purge_batch": 2})
-    d = Dispatcher(settings, cb_api.sessions)
-    gone = {_aged(cb_api.sessions, "failed", 45) for _ in range(3)}
-    assert d.purge_once() == 2 and d.purge_once() == 1 and d.purge_once() == 0
-    assert not _ids(cb_api.sessions) & gone
-    d.stop()
-    keep_all = Dispatcher(settings.model_copy(update={"callback_retention_days": 0.0}), cb_api.sessions)
-    _aged(cb_api.sessions, "delivered", 4000)
-    assert keep_all.purge_once() == 0 and len(_ids(cb_api.sessions)) == 4  # 0 days: kept forever
-    keep_all.stop()
-
-
-@pytest.mark.services
-def test_retention_postgresql(make_pg_database: Callable[[], str]) -> None:
-    from autopaint.db.migrate import upgrade
-
-    url = make_pg_database()
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        _retention(make_session_factory(engine))
-    finally:
-        engine.dispose()
-
-
-def test_the_dispatcher_thread_sweeps_a_backlog_then_waits_for_the_next_period(cb_api: Api) -> None:
-    backlog = {_aged(cb_api.sessions, "delivered", 60) for _ in range(5)}
-    settings = cb_api.settings.model_copy(update={"callback_purge_batch": 2, "callback_purge_every_s": 3600.0,
-                                                   "callback_poll_s": 0.05})
-    d = Dispatcher(settings, cb_api.sessions)
-    d.start()
-    try:
-        deadline = time.monotonic() + 10
-        while _ids(cb_api.sessions) & backlog:  # 2 + 2 + 1: a full batch brings the next after one poll
-            assert time.monotonic() < deadline, "the backlog was not swept"
-            time.sleep(0.05)
-        late = _aged(cb_api.sessions, "delivered", 60)
-        time.sleep(0.5)  # the last batch was not full: the next sweep is an hour away
-        assert _ids(cb_api.sessions) == {late}
-    finally:
-        d.stop()
-
-
-# --- cohorts ------------------------------------------------------------------------------------
-
-
-def test_cohort_gets_exactly_one_completed_callback(cb_api: Api, receiver: Receiver) -> None:
-    r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url("/cohort")},
-                           headers=cb_api.h())
-    assert r.status_code == 201, r.text
-    cohort_id = r.json()["id"]
-    jobs = [_job(cb_api, None, cohort_id) for _ in range(3)]
-    _succeed(cb_api.sessions, jobs[0])
-    with cb_api.sessions() as s:
-        repo.fail_job(s, jobs[1], "bad", "bad")
-    assert _rows(cb_api) == []  # one job is still queued
-    with cb_api.sessions() as s:
-        repo.request_cancel(s, jobs[2])
-        outbox.on_terminal(s, s.get(Job, jobs[2]))  # a second trigger for the same completion
-        s.commit()
-    d = Dispatcher(cb_api.settings, cb_api.sessions)
-    _drain(d, lambda: len(receiver.requests) >= 1)
-    d.run_once()
-    (got,) = receiver.requests
-    event = verify(_secret(cb_api), got.headers, got.body)
-    assert event["event"] == "cohort.completed" and event["cohort"]["id"] == cohort_id
-    assert event["cohort"]["counts"] == {"succeeded": 1, "failed": 1, "cancelled": 1}
-    assert event["links"]["metrics_csv"] == f"/v1/cohorts/{cohort_id}/metrics.csv"
-    body = cb_api.client.get(f"/v1/cohorts/{cohort_id}", headers=cb_api.h()).json()
-    assert [(c["event"], c["status"]) for c in body["callbacks"]] == [("cohort.completed", "delivered")]
-    d.stop()
-
-
-def test_cohort_with_expected_jobs_waits_for_them(cb_api: Api, receiver: Receiver) -> None:
-    r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url(), "expected_jobs": 2},
-                           headers=cb_api.h())
-    cohort_id = r.json()["id"]
-    _succeed(cb_api.sessions, _job(cb_api, None, cohort_id))
-    assert _rows(cb_api) == []  # all finished, but only 1 of the 2 expected jobs exists
-    _succeed(cb_api.sessions, _job(cb_api, None, cohort_id))
-    assert [c.event for c in _rows(cb_api)] == ["cohort.completed"]
-
-
-def _finish_at_once(sessions: Any, barrier: threading.Barrier, job_id: str) -> None:
-    with sessions() as s:
-        barrier.wait()
-        repo.finish_job(s, job_id, {}, [])
-
-
-def _race(url: str, rounds: int = 3, n: int = 6) -> None:
-    """``n`` jobs of a cohort finish at the same moment in ``n`` threads: every round ends with exactly
-    one ``cohort.completed`` row (none lost, none doubled)."""
-    engine = make_engine(url)
-    sessions = make_session_factory(engine)
-    try:
-        for _ in range(rounds):
-            cohort_id, ids = new_id(), [new_id() for _ in range(n)]
-            with sessions() as s:
-                s.add(Cohort(id=cohort_id, owner_key_id="race", name="race", callback_url="http://192.0.2.1/"))
-                s.add_all(Job(id=j, owner_key_id="race", cohort_id=cohort_id, state=JobState.RUNNING,
-                              lease_owner="w", params={}, inputs={}) for j in ids)
-                s.commit()
-            barrier = threading.Barrier(n)
-            threads = [threading.Thread(target=_finish_at_once, args=(sessions, barrier, j)) for j in ids]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            with sessions() as s:
-                assert all(s.get(Job, j).state == JobState.SUCCEEDED for j in ids)  # type: ignore[union-attr]
-                rows = s.scalars(select(CallbackDelivery.event).where(CallbackDelivery.cohort_id == cohort_id)).all()
-            assert rows == ["cohort.completed"]
-    finally:
-        engine.dispose()
-
-
-def test_cohort_completion_race_sqlite(sqlite_settings: Settings) -> None:
-    _race(sqlite_settings.database_url)
-
-
-@pytest.mark.services
-def test_cohort_completion_race_postgresql(make_pg_database: Callable[[], str]) -> None:
-    from autopaint.db.migrate import upgrade
-
-    url = make_pg_database()
-    upgrade(url)
-    _race(url)
 
 
 # --- the URL guard ------------------------------------------------------------------------------
@@ -500,8 +242,8 @@ def test_delivery_time_guard_refuses_and_records(cb_api: Api, receiver: Receiver
     refusal is the attempt's error and the row is retried later."""
     r = cb_api.client.post("/v1/cohorts", json={"name": "c", "callback_url": receiver.url()}, headers=cb_api.h())
     assert r.status_code == 201, r.text
-    job_id = _job(cb_api, receiver.url())
-    _succeed(cb_api.sessions, job_id)
+    job_id = queued_job(cb_api, receiver.url())
+    succeed(cb_api.sessions, job_id)
     strict = Dispatcher(cb_api.settings.model_copy(update={"callback_allow": ""}), cb_api.sessions)
     assert strict.run_once() == 1
     time.sleep(0.2)
@@ -513,7 +255,7 @@ def test_delivery_time_guard_refuses_and_records(cb_api: Api, receiver: Receiver
 
 
 def test_other_keys_and_anonymous_callers(api: Api, sqlite_settings: Settings) -> None:
-    job_id = _job(api, None)
+    job_id = queued_job(api, None)
     assert api.client.get(f"/v1/jobs/{job_id}", headers=api.h("b")).status_code == 404
     assert api.client.get("/v1/callback-secret").status_code == 401
     anon = Api(sqlite_settings.model_copy(update={"api_key_required": False}))
@@ -524,78 +266,6 @@ def test_other_keys_and_anonymous_callers(api: Api, sqlite_settings: Settings) -
         assert r.status_code == 422 and r.json()["code"] == "callback_requires_api_key"
     finally:
         anon.close()
-
-
-def test_cohort_client_closes_its_cohort_after_the_last_submit(cb_api: Api, receiver: Receiver,
-                                                                tmp_path: Path) -> None:
-    """``run_cohort(callback_url=...)``: the cohort expects every case, a refused case does not keep it
-    open (the client closes it after the last submit), and its one callback counts the accepted jobs."""
-    from autopaint.client import Client
-    from autopaint.client_cohort import run_cohort
-
-    cohort_dir = tmp_path / "cohort"
-    write_pair(cohort_dir / "a_ok")
-    (cohort_dir / "b_refused").mkdir(parents=True)
-    (cohort_dir / "b_refused" / "ct.nii.gz").write_bytes(b"not a nifti")
-    finished: set[str] = set()
-
-    def play_worker(_case: str, job: dict[str, Any]) -> None:  # the job runs when the client first sees it
-        if job.get("id") and job["id"] not in finished:
-            finished.add(job["id"])
-            _succeed(cb_api.sessions, job["id"])
-
-    with Client("http://testserver", cb_api.key_a, transport=cb_api.client._transport) as c:  # type: ignore[attr-defined]
-        summary = run_cohort(c, cohort_dir, tmp_path / "out", params={"suv_already": True}, download=False,
-                             poll_s=0.05, on_update=play_worker, callback_url=receiver.url("/cohort"))
-    assert (summary.succeeded, summary.failed) == (1, 1)
-    d = Dispatcher(cb_api.settings, cb_api.sessions)
-    _drain(d, lambda: len(receiver.requests) == 1)
-    event = verify(_secret(cb_api), receiver.requests[0].headers, receiver.requests[0].body)
-    assert event["event"] == "cohort.completed" and event["cohort"]["counts"] == {"succeeded": 1}
-    cohort = cb_api.client.get(f"/v1/cohorts/{event['cohort']['id']}", headers=cb_api.h()).json()
-    assert cohort["expected_jobs"] == 1 and cohort["callback_url"] == receiver.url("/cohort")
-    d.stop()
-
-
-def _claims_are_exclusive(url: str) -> None:
-    """Two dispatchers (API processes) claiming at once never get the same row."""
-    engine = make_engine(url)
-    sessions = make_session_factory(engine)
-    try:
-        ids = [new_id() for _ in range(12)]
-        with sessions() as s:
-            for i in ids:
-                outbox._insert_once(s, {"owner_key_id": "o", "job_id": None, "cohort_id": None, "event": "job.failed",
-                                        "url": "http://192.0.2.1/", "payload": {}, "id": i})
-            s.commit()
-        barrier, got = threading.Barrier(2), [[], []]
-
-        def claim(k: int) -> None:
-            with sessions() as s:
-                barrier.wait()
-                got[k] = [d.id for d in outbox.claim_due(s, 12, 60)]
-
-        threads = [threading.Thread(target=claim, args=(k,)) for k in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert not set(got[0]) & set(got[1]) and set(got[0]) | set(got[1]) == set(ids)
-    finally:
-        engine.dispose()
-
-
-def test_claims_are_exclusive_sqlite(sqlite_settings: Settings) -> None:
-    _claims_are_exclusive(sqlite_settings.database_url)
-
-
-@pytest.mark.services
-def test_claims_are_exclusive_postgresql(make_pg_database: Callable[[], str]) -> None:
-    from autopaint.db.migrate import upgrade
-
-    url = make_pg_database()
-    upgrade(url)
-    _claims_are_exclusive(url)
 
 
 def test_admin_create_key_prints_the_callback_secret(sqlite_settings: Settings) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from autopaint.contracts import ArtifactRecord, JobState
-from autopaint.db import Artifact, Job, make_engine, make_session_factory, new_id, utcnow
+from autopaint.db import Artifact, Job, leases, make_engine, make_session_factory, new_id, utcnow
 from autopaint.db import jobs as repo
 from autopaint.db.migrate import upgrade
 from autopaint.progress import Stage
@@ -42,11 +42,11 @@ def _job(f: sessionmaker[Session], **kw: object) -> str:
 def test_lease_is_exclusive_and_counts_attempts(factory: sessionmaker[Session]) -> None:
     jid = _job(factory)
     with factory() as s1, factory() as s2:
-        job = repo.lease_job(s1, jid, "w1", lease_s=60)
+        job = leases.lease_job(s1, jid, "w1", lease_s=60)
         assert job is not None and job.state == JobState.RUNNING and job.attempts == 1
-        assert repo.lease_job(s2, jid, "w2", lease_s=60) is None  # live lease: a duplicate delivery
-        assert repo.heartbeat(s1, jid, "w1", 60) is True
-        assert repo.heartbeat(s2, jid, "w2", 60) is False
+        assert leases.lease_job(s2, jid, "w2", lease_s=60) is None  # live lease: a duplicate delivery
+        assert leases.heartbeat(s1, jid, "w1", 60) is True
+        assert leases.heartbeat(s2, jid, "w2", 60) is False
 
 
 def test_concurrent_leases_only_one_wins(factory: sessionmaker[Session]) -> None:
@@ -55,7 +55,7 @@ def test_concurrent_leases_only_one_wins(factory: sessionmaker[Session]) -> None
 
     def take(w: str) -> None:
         with factory() as s:
-            results.append(repo.lease_job(s, jid, w, lease_s=60))
+            results.append(leases.lease_job(s, jid, w, lease_s=60))
 
     threads = [threading.Thread(target=take, args=(f"w{i}",)) for i in range(4)]
     for t in threads:
@@ -68,25 +68,25 @@ def test_concurrent_leases_only_one_wins(factory: sessionmaker[Session]) -> None
 def test_expired_lease_is_retaken_then_max_attempts_fails(factory: sessionmaker[Session]) -> None:
     jid = _job(factory)
     with factory() as s:
-        assert repo.lease_job(s, jid, "w1", lease_s=60) is not None
+        assert leases.lease_job(s, jid, "w1", lease_s=60) is not None
         s.execute(update(Job).where(Job.id == jid).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         s.commit()
-        job = repo.lease_job(s, jid, "w2", lease_s=60)  # the first worker died
+        job = leases.lease_job(s, jid, "w2", lease_s=60)  # the first worker died
         assert job is not None and job.attempts == 2 and job.lease_owner == "w2"
         s.execute(update(Job).where(Job.id == jid).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         s.commit()
-        assert repo.lease_job(s, jid, "w3", lease_s=60) is None  # attempts used up
+        assert leases.lease_job(s, jid, "w3", lease_s=60) is None  # attempts used up
         job = s.get(Job, jid, populate_existing=True)
         assert job is not None and job.state == JobState.FAILED
-        assert job.error_code == repo.MAX_ATTEMPTS_CODE
+        assert job.error_code == leases.MAX_ATTEMPTS_CODE
 
 
 def test_requeue_or_fail(factory: sessionmaker[Session]) -> None:
     jid = _job(factory)
     with factory() as s:
-        repo.lease_job(s, jid, "w1", 60)
+        leases.lease_job(s, jid, "w1", 60)
         assert repo.requeue_or_fail(s, jid, "pipeline_error", "boom") == JobState.QUEUED
-        repo.lease_job(s, jid, "w1", 60)
+        leases.lease_job(s, jid, "w1", 60)
         assert repo.requeue_or_fail(s, jid, "pipeline_error", "boom") == JobState.FAILED
         job = s.get(Job, jid, populate_existing=True)
         assert job is not None and job.attempts == 2 and job.error_code == "pipeline_error"
@@ -95,7 +95,7 @@ def test_requeue_or_fail(factory: sessionmaker[Session]) -> None:
 def test_progress_timings_and_finish_are_idempotent(factory: sessionmaker[Session]) -> None:
     jid = _job(factory)
     with factory() as s:
-        repo.lease_job(s, jid, "w1", 60)
+        leases.lease_job(s, jid, "w1", 60)
         repo.set_progress(s, jid, Stage.preprocessing, 1, 2, "cases")
         repo.set_progress(s, jid, Stage.searching, 3, 10, "slices", circles_done=30, circles_total=100)
         arts = [ArtifactRecord(name="mask.nii.gz", storage_key=f"jobs/{jid}/results/mask.nii.gz",
@@ -114,8 +114,8 @@ def test_cancel_queued_and_running(factory: sessionmaker[Session]) -> None:
     queued, running = _job(factory), _job(factory)
     with factory() as s:
         assert repo.request_cancel(s, queued) == JobState.CANCELLED
-        assert repo.lease_job(s, queued, "w1", 60) is None  # never starts
-        repo.lease_job(s, running, "w1", 60)
+        assert leases.lease_job(s, queued, "w1", 60) is None  # never starts
+        leases.lease_job(s, running, "w1", 60)
         assert repo.cancel_requested(s, running) is False
         assert repo.request_cancel(s, running) == JobState.RUNNING
         assert repo.cancel_requested(s, running) is True

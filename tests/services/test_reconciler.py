@@ -20,12 +20,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from autopaint.contracts import JobState
-from autopaint.db import Job, make_engine, make_session_factory, new_id, utcnow
+from autopaint.db import Job, leases, make_engine, make_session_factory, new_id, utcnow
 from autopaint.db import jobs as repo
 from autopaint.db.migrate import upgrade
 from autopaint.progress import Stage
 from autopaint.settings import Settings
-from services import embedded
+from services import embedded, embedded_workers
 from services.api.reconciler import Reconciler
 from tests.services.apikit import Api, FakePublisher
 
@@ -62,43 +62,43 @@ def test_expired_lease_is_requeued_then_failed(factory: sessionmaker[Session]) -
     jid = _job(factory, queue="gpu-x")
     live = _job(factory)
     with factory() as s:
-        assert repo.lease_job(s, jid, "host:1", 60) is not None
-        assert repo.lease_job(s, live, "host:2", 60) is not None
+        assert leases.lease_job(s, jid, "host:1", 60) is not None
+        assert leases.lease_job(s, live, "host:2", 60) is not None
     _expire(factory, jid)
     with factory() as s:
-        out = repo.reclaim_expired(s)
+        out = leases.reclaim_expired(s)
         assert out.requeued == [(jid, "gpu-x")] and not out.failed  # the live lease is untouched
         job = s.get(Job, jid, populate_existing=True)
         assert job is not None and job.state == JobState.QUEUED and job.stage == Stage.queued
-        assert job.error_code == repo.WORKER_LOST_CODE and "host:1" in (job.error_message or "")
+        assert job.error_code == leases.WORKER_LOST_CODE and "host:1" in (job.error_message or "")
         assert job.lease_owner is None and job.attempts == 1
-        assert repo.heartbeat(s, jid, "host:1", 60) is False  # the dead worker cannot renew it
-        assert repo.lease_job(s, jid, "host:3", 60) is not None  # attempt 2
+        assert leases.heartbeat(s, jid, "host:1", 60) is False  # the dead worker cannot renew it
+        assert leases.lease_job(s, jid, "host:3", 60) is not None  # attempt 2
     _expire(factory, jid)
     with factory() as s:
-        out = repo.reclaim_expired(s)
+        out = leases.reclaim_expired(s)
         assert out.failed == [jid] and not out.requeued
         job = s.get(Job, jid, populate_existing=True)
-        assert job is not None and job.state == JobState.FAILED and job.error_code == repo.MAX_ATTEMPTS_CODE
+        assert job is not None and job.state == JobState.FAILED and job.error_code == leases.MAX_ATTEMPTS_CODE
         assert job.finished_at is not None and job.lease_owner is None
-        assert repo.reclaim_expired(s).requeued == []
+        assert leases.reclaim_expired(s).requeued == []
 
 
 def test_lease_of_a_holder_gone_from_this_host_ends_at_once(factory: sessionmaker[Session]) -> None:
     gone, here, remote = _job(factory), _job(factory), _job(factory)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait(timeout=30)
-    owner = repo.lease_owner_id(proc.pid)
-    assert owner.endswith(f":{proc.pid}") and repo.owner_is_gone(owner)
-    assert not repo.owner_is_gone(repo.lease_owner_id())  # this process runs
-    assert not repo.owner_is_gone("elsewhere@4026531836:1") and not repo.owner_is_gone("host:1")
+    owner = leases.lease_owner_id(proc.pid)
+    assert owner.endswith(f":{proc.pid}") and leases.owner_is_gone(owner)
+    assert not leases.owner_is_gone(leases.lease_owner_id())  # this process runs
+    assert not leases.owner_is_gone("elsewhere@4026531836:1") and not leases.owner_is_gone("host:1")
     with factory() as s:
-        repo.lease_job(s, gone, owner, 60)
-        repo.lease_job(s, here, repo.lease_owner_id(), 60)
-        repo.lease_job(s, remote, "elsewhere@4026531836:1", 60)
-        assert repo.expire_gone_leases(s) == [gone]
-        assert repo.expire_gone_leases(s, here) == []
-        job = repo.lease_job(s, gone, "w2", 60)  # taken over now, not one lease later
+        leases.lease_job(s, gone, owner, 60)
+        leases.lease_job(s, here, leases.lease_owner_id(), 60)
+        leases.lease_job(s, remote, "elsewhere@4026531836:1", 60)
+        assert leases.expire_gone_leases(s) == [gone]
+        assert leases.expire_gone_leases(s, here) == []
+        job = leases.lease_job(s, gone, "w2", 60)  # taken over now, not one lease later
         assert job is not None and job.attempts == 2 and job.lease_owner == "w2"
         repo.set_progress(s, gone, Stage.searching, 5, 10, "slices", worker_id=owner)  # a late writer
         job = s.get(Job, gone, populate_existing=True)
@@ -108,11 +108,11 @@ def test_lease_of_a_holder_gone_from_this_host_ends_at_once(factory: sessionmake
 def test_expired_lease_with_pending_cancel_is_cancelled(factory: sessionmaker[Session]) -> None:
     jid = _job(factory)
     with factory() as s:
-        repo.lease_job(s, jid, "w", 60)
+        leases.lease_job(s, jid, "w", 60)
         assert repo.request_cancel(s, jid) == JobState.RUNNING
     _expire(factory, jid)
     with factory() as s:
-        assert repo.reclaim_expired(s).cancelled == [jid]
+        assert leases.reclaim_expired(s).cancelled == [jid]
         assert s.get(Job, jid, populate_existing=True).state == JobState.CANCELLED  # type: ignore[union-attr]
 
 
@@ -120,19 +120,19 @@ def test_stale_queued_jobs_are_claimed_once_per_period(factory: sessionmaker[Ses
     old, fresh = _job(factory, age_s=120), _job(factory)
     other_queue = _job(factory, queue="other", age_s=120)
     with factory() as s:
-        assert repo.queued_queues(s, 60) == {"q": 1, "other": 1}
-        assert repo.claim_stale_queued(s, 60, {"q"}) == [(old, "q")]
-        assert repo.claim_stale_queued(s, 60, {"q"}) == []  # stamped: not again within the period
-        assert repo.claim_stale_queued(s, 0.0, {"q"}, limit=1) in ([(old, "q")], [(fresh, "q")])
-        assert (other_queue, "other") in repo.claim_stale_queued(s, 60)
+        assert leases.queued_queues(s, 60) == {"q": 1, "other": 1}
+        assert leases.claim_stale_queued(s, 60, {"q"}) == [(old, "q")]
+        assert leases.claim_stale_queued(s, 60, {"q"}) == []  # stamped: not again within the period
+        assert leases.claim_stale_queued(s, 0.0, {"q"}, limit=1) in ([(old, "q")], [(fresh, "q")])
+        assert (other_queue, "other") in leases.claim_stale_queued(s, 60)
 
 
 def test_requeued_job_counts_as_queued_from_now(factory: sessionmaker[Session]) -> None:
     jid = _job(factory, age_s=600)
     with factory() as s:
-        repo.lease_job(s, jid, "w", 60)
+        leases.lease_job(s, jid, "w", 60)
         assert repo.requeue_or_fail(s, jid, "worker_error", "boom") == JobState.QUEUED
-        assert repo.claim_stale_queued(s, 60) == []  # its retry message is on its way
+        assert leases.claim_stale_queued(s, 60) == []  # its retry message is on its way
 
 
 class _Publisher(FakePublisher):
@@ -150,7 +150,7 @@ def test_reconciler_pass(sqlite_settings: Settings) -> None:
     f = make_session_factory(engine)
     dead = _job(f, queue="a")
     with f() as session:
-        repo.lease_job(session, dead, "w", 10)
+        leases.lease_job(session, dead, "w", 10)
     _expire(f, dead)
     lost = _job(f, queue="a", age_s=30)  # > 2 x lease: its message is gone (queue a is empty)
     backlog = _job(f, queue="b", age_s=30)  # queue b still holds messages: it waits its turn
@@ -207,20 +207,20 @@ def test_settings_defaults_tie_recovery_to_the_lease() -> None:
 # --- the embedded service: supervisor, lock, stale workers, API key -----------------------------
 
 
-def _sleeper(seconds: float = 60) -> embedded.WorkerProcess:
+def _sleeper(seconds: float = 60) -> embedded_workers.WorkerProcess:
     proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"],
                             start_new_session=True)
-    return embedded.WorkerProcess(proc, ["q"])
+    return embedded_workers.WorkerProcess(proc, ["q"])
 
 
 def test_supervisor_restarts_a_dead_worker_then_gives_up(sqlite_settings: Settings,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "RESTART_BACKOFF_S", (0.1,))
-    monkeypatch.setattr(embedded, "MAX_RESTARTS", 2)
+    monkeypatch.setattr(embedded_workers, "RESTART_BACKOFF_S", (0.1,))
+    monkeypatch.setattr(embedded_workers, "MAX_RESTARTS", 2)
     svc = embedded.EmbeddedService(sqlite_settings, workers=1, supervise_every_s=0.05)
-    spawned: list[embedded.WorkerProcess] = []
+    spawned: list[embedded_workers.WorkerProcess] = []
 
-    def spawn(i: int) -> embedded.WorkerProcess:
+    def spawn(i: int) -> embedded_workers.WorkerProcess:
         spawned.append(_sleeper())
         return spawned[-1]
 
@@ -290,7 +290,7 @@ def test_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     """``watch_parent``: a middle process starts a watching grandchild, then is SIGKILLed."""
     code = ("import os, subprocess, sys, time\n"
             "env = {**os.environ, 'AUTOPAINT_PARENT_PID': str(os.getpid())}\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'from services.embedded import watch_parent; "
+            "p = subprocess.Popen([sys.executable, '-c', 'from services.embedded_workers import watch_parent; "
             "assert watch_parent(0.1); import time; time.sleep(60)'], env=env, start_new_session=True)\n"
             "print(p.pid, flush=True); time.sleep(60)\n")
     middle = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

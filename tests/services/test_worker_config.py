@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from autopaint.contracts import JobState
-from autopaint.db import Job, new_id
-from autopaint.db import jobs as repo
+from autopaint.db import Job, leases, new_id
 from autopaint.progress import ProgressEvent, Stage, Unit
 from autopaint.settings import Settings
 from services.worker.config import ConfigError, celery_config, settings_env, worker_queues
@@ -59,7 +58,7 @@ def test_progress_is_throttled_to_every_n_circles(sqlite_settings: Settings) -> 
     with ctx.session() as session:
         session.add(Job(id=job_id, owner_key_id="o", state=JobState.QUEUED, params={}, inputs={}))
         session.commit()
-        assert repo.lease_job(session, job_id, "w", 60) is not None
+        assert leases.lease_job(session, job_id, "w", 60) is not None
     writer = ProgressWriter(ctx, job_id, s.progress_every_circles)
     writer(ProgressEvent(Stage.preprocessing, 0, 1, Unit.volumes))
     for i in range(1, 101):

@@ -14,7 +14,7 @@ from autopaint.db import Artifact, Job, make_engine, make_session_factory, new_i
 from autopaint.settings import Settings
 from autopaint.storage import make_storage
 from autopaint.storage.base import input_key
-from services.embedded import WorkerProcess, start_worker
+from services.embedded_workers import WorkerProcess, start_worker
 from services.worker.app import create_celery_app
 
 

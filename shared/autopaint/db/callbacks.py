@@ -3,7 +3,7 @@ the state change it announces, then claimed and recorded by the API's dispatcher
 (``services.api.callbacks``).
 
 - :func:`on_terminal` is called by ``autopaint.db.jobs`` inside every transaction that makes a job
-  terminal (``finish_job``, ``_terminate`` — fail, cancel, the reconciler giving up —, and
+  terminal (``finish_job``, ``terminate`` — fail, cancel, the reconciler giving up —, and
   ``request_cancel``), before its commit: a ``job.<state>`` row when the job has a callback URL,
   and a ``cohort.completed`` row when the job was its cohort's last unfinished one. A crash after
   the commit cannot lose the callback; a rollback cannot send one for a change that did not happen.
