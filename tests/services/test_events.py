@@ -94,7 +94,10 @@ def test_sse_progress_then_state_and_a_verified_callback(live: Live) -> None:
             got = [e for e in events(r.iter_lines()) if e[0] != "comment"]  # ends by itself
         secret = client.http.get("/v1/callback-secret").json()["secret"]
         (received,) = live.receiver.wait(1)
-        final = client.job(job["id"])
+        # the receiver has the POST a moment before the dispatcher records the delivery
+        deadline = time.monotonic() + 10
+        while (final := client.job(job["id"]))["callbacks"][0]["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
     names = [name for name, _ in got]
     assert names[0] == "progress" and names[-1] == "state" and set(names[:-1]) == {"progress"}
     progress = [data for _, data in got[:-1]]
