@@ -69,6 +69,7 @@ SOLID = (None, -500.0)
 DET_T = (0.02, 0.1)
 MIN_ML = (0.0, 0.1, 0.3, 0.5, 1.0)
 HOT = HotspotGate(k=0.0, floor_suv=2.0)
+NO_DELINEATION = DelineationParams(method="residual")  # the thresholded detection as it is
 GATE_SCOPES = ("lesion", "region")  # how a hot spot is scored for the gate (segment.guided)
 
 
@@ -255,8 +256,9 @@ def evaluate(args: argparse.Namespace) -> None:
     configs: dict[str, PipelineParams] = {"paper": PipelineParams(profile="paper", write_preview=False)}
     for name, row in abl.items():
         d = row["delineation"]
+        # a row without delineation must say so: None would mean "the card's" (profile.resolve)
         configs[name] = _params(SearchParams.from_dict(row["search"]), row["threshold"],
-                                None if d is None else DelineationParams.from_dict(d))
+                                NO_DELINEATION if d is None else DelineationParams.from_dict(d))
     configs["default"] = PipelineParams(write_preview=False)
     records: dict[str, list[dict[str, Any]]] = {}
     exact: list[dict[str, Any]] = []
