@@ -21,9 +21,10 @@ best slice's mean residual (scope "lesion") or the peak residual of the region j
 (scope "region"); the scope and budget with the best validation Dice win) -> ``+coverage`` (unions grown and
 re-inpainted while their border stays hot, <= 2 passes) -> ``+delineation`` (background-corrected
 fraction of the lesion's own SUVmax, optionally without aerated-lung voxels) -> ``default``
-(+ 3-D consolidation: components under a minimum volume dropped). Residual-threshold rows get their
-threshold from the validation Dice curves; the delineation fraction, CT rule and minimum volume are
-chosen on the validation patients too, and the model card's default becomes the row with the best
+(+ 3-D consolidation: components under a minimum volume dropped, and lesions whose peak stands less
+than a minimum contrast above their local background dropped). Residual-threshold rows get their
+threshold from the validation Dice curves; the delineation fraction, CT rule, minimum volume and
+minimum contrast are chosen on the validation patients too, and the model card's default becomes the row with the best
 validation Dice (``calibration.chosen``; the ``default`` row of the tables is that configuration).
 """
 
@@ -68,6 +69,7 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 SOLID = (None, -500.0)
 DET_T = (0.02, 0.1)
 MIN_ML = (0.0, 0.1, 0.3, 0.5, 1.0)
+MIN_CONTRAST = (0.0, 4.0, 5.0, 6.0, 7.0)  # lesion peak / local background SUV below which it is dropped
 HOT = HotspotGate(k=0.0, floor_suv=2.0)
 NO_DELINEATION = DelineationParams(method="residual")  # the thresholded detection as it is
 GATE_SCOPES = ("lesion", "region")  # how a hot spot is scored for the gate (segment.guided)
@@ -177,16 +179,23 @@ def calibrate(args: argparse.Namespace) -> None:
             rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines_cov[p.case_id], curve_on=None)
             mins.setdefault(m, []).append(rec)
     min_ml = max(MIN_ML, key=lambda m: (_mean_dice(mins[m], all_patients=True), -m))
+    contrasts: dict[float, list[dict[str, Any]]] = {}
+    for p in cases:
+        for c in MIN_CONTRAST:
+            d = DelineationParams(fraction=f, solid_hu=solid, min_ml=min_ml, min_contrast=c)
+            rec, _, _ = run_config(p, _params(rows["+coverage"], t, d), inp, engine=engines_cov[p.case_id], curve_on=None)
+            contrasts.setdefault(c, []).append(rec)
+    min_contrast = max(MIN_CONTRAST, key=lambda c: (_mean_dice(contrasts[c], all_patients=True), -c))
     delin = DelineationParams(fraction=f, solid_hu=solid)
     val_dice["+delineation"] = _mean_dice(grid[best])
-    val_dice["default"] = _mean_dice(mins[min_ml])
+    val_dice["default"] = _mean_dice(contrasts[min_contrast])
     # the product's default is the ladder row with the best validation Dice (ties: the later row)
     order = [*rows, "+delineation", "default"]
     chosen = max(order, key=lambda n: (round(val_dice[n], 6), order.index(n)))
     if chosen in rows:
         default = {"search": rows[chosen].to_dict(), "delineation": None, "threshold": thresholds[chosen]}
     else:
-        d_chosen = replace(delin, min_ml=min_ml) if chosen == "default" else delin
+        d_chosen = replace(delin, min_ml=min_ml, min_contrast=min_contrast) if chosen == "default" else delin
         default = {"search": rows["+coverage"].to_dict(), "delineation": d_chosen.to_dict(), "threshold": t}
     cal = {
         "cohort": str(args.cohort), "cases": [p.case_id for p in cases], "command": _command(),
@@ -197,6 +206,7 @@ def calibrate(args: argparse.Namespace) -> None:
         "thresholds": thresholds,
         "delineation_grid": {f"{k[0]}|{k[1]}|{k[2]}": _mean_dice(v) for k, v in grid.items()},
         "min_ml_grid": {str(m): _mean_dice(v, all_patients=True) for m, v in mins.items()},
+        "min_contrast_grid": {str(c): _mean_dice(v, all_patients=True) for c, v in contrasts.items()},
         "ablation": {
             **{name: {"search": s.to_dict(), "delineation": None, "threshold": thresholds[name]}
                for name, s in rows.items()},
@@ -208,7 +218,7 @@ def calibrate(args: argparse.Namespace) -> None:
     default = {**default, "hotspot": HOT.to_dict(), "calibration": cal}
     print(json.dumps({k: v for k, v in cal.items() if k not in ("delineation_grid",)}, indent=1))
     print(f"default = {chosen} (val Dice {val_dice[chosen]:.3f}; per row {val_dice}); delineation: fraction {f}, "
-          f"solid_hu {solid}, detection threshold {t}, min_ml {min_ml}")
+          f"solid_hu {solid}, detection threshold {t}, min_ml {min_ml}, min_contrast {min_contrast}")
     if args.write:
         from autopaint.commands.segment import _update_card
 

@@ -3,8 +3,9 @@
 For every case the PET (SUV, own grid) is resampled onto the CT grid with the third-order B-spline
 used by ``prepare_case`` (negatives clamped to 0); the tumour SUVmax inside CT_mask on the CT grid
 must be within +-10 % of the SUVmax inside PET_mask on the native PET grid. Also reports the global
-SUVmax of the volume (is the tumour the hottest spot?) and, when a real CT in ``totalseg-ct``
-contains lung, the automatic lung-field volume.
+SUVmax of the volume (is the tumour the hottest spot?), how much of each slice the tumour fills in
+these 5 cm crops (the healthy context an inpainting network has to work from) and, when a real CT in
+``totalseg-ct`` contains lung, the automatic lung-field volume.
 
 Usage: ``.venv/bin/python bench/ibsi_geometry.py [--data DIR] [--out bench/results/ibsi_geometry.md]``
 """
@@ -12,6 +13,7 @@ Usage: ``.venv/bin/python bench/ibsi_geometry.py [--data DIR] [--out bench/resul
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from autopaint.imaging.preprocess import resample_to
 from autopaint.paths import data_dir
 
 TOLERANCE = 0.10
+TEST_IDS = ("STS_003", "STS_005", "STS_007", "STS_020")  # bench/results/accuracy_ibsi.md
 
 
 def case_row(case: Path) -> dict[str, float | str]:
@@ -49,6 +52,32 @@ def case_row(case: Path) -> dict[str, float | str]:
         "tumour_ml_ct": mask_volume_ml(ct_mask, ct),
         "tumour_ml_pet": mask_volume_ml(pet_mask, pet),
         "resample_s": seconds,
+    }
+
+
+def crop_row(case: Path, split: dict[str, str]) -> dict[str, float | str]:
+    """How much of the 5 cm crop the tumour fills: in-plane field of view, slices with/without
+    tumour, the tumour's share of the body (`body_mask`) on its slices, its largest
+    in-plane equivalent diameter and that diameter over the field of view's width."""
+    ct = read_volume(case / "CT_image.nii.gz")
+    tumour = read_volume(case / "CT_mask.nii.gz").data > 0.5
+    body = body_mask(ct) | tumour
+    sp = ct.spacing
+    on = np.flatnonzero(tumour.any(axis=(0, 1)))
+    t_area = tumour.sum(axis=(0, 1))[on].astype(np.float64)
+    share = t_area / np.maximum(body.sum(axis=(0, 1))[on], 1)
+    fov = min(ct.shape[0] * sp[0], ct.shape[1] * sp[1])
+    diam = 2.0 * np.sqrt(t_area.max() * sp[0] * sp[1] / np.pi)
+    return {
+        "case": case.name,
+        "split": split.get(case.name, "-"),
+        "fov_mm": f"{ct.shape[0] * sp[0]:.0f}x{ct.shape[1] * sp[1]:.0f}",
+        "slices_tumour": int(on.size),
+        "slices_without": int(ct.shape[2] - on.size),
+        "tumour_share_of_body_median": float(np.median(share)),
+        "tumour_share_of_body_max": float(share.max()),
+        "tumour_diameter_mm": float(diam),
+        "diameter_over_fov": float(diam / fov),
     }
 
 
@@ -109,6 +138,21 @@ def main() -> int:
               f"all within +-{TOLERANCE:.0%}: **{ok}**",
               f"tumour SUVmax is the volume's global SUVmax (native PET) in {hottest}/{len(rows)} cases.",
               ""]
+    card = json.loads((Path(__file__).resolve().parents[1] / "models" / "ibsi-petct-gconvlap-128" / "card.json")
+                      .read_text())
+    split = {c: name for name, ids in card["split"].items() for c in ids}
+    split.update({c: "test" for c in TEST_IDS})
+    crops = [crop_row(c, split) for c in cases]
+    med = np.array([float(r["tumour_share_of_body_median"]) for r in crops])
+    lines += ["## The 5 cm crop: how much of each slice the tumour fills", "",
+              "Body = `body_mask` (CT > -500 HU, opened 3 mm, largest component, holes filled) plus the tumour; share = tumour area / body "
+              "area on each slice with tumour; diameter = the equivalent diameter of the tumour's largest "
+              "slice. split: the IBSI model card's train/val and the test patients of `accuracy_ibsi.md`.", ""]
+    lines += _table(crops)
+    lines += ["", f"median tumour share of the body on tumour slices: {np.median(med):.2f} "
+              f"(range {med.min():.2f}-{med.max():.2f}); the inpainting network sees healthy tissue only in the "
+              f"{int(np.sum([int(r['slices_without']) for r in crops]))} slices without tumour of these "
+              f"{len(crops)} crops (5 cm above and below each tumour).", ""]
     lung = lung_rows(args.data / "totalseg-ct")
     if lung:
         lines += ["## Lung field on the real CTs of totalseg-ct", ""] + _table(lung) + [""]

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from autopaint.segment.delineate import DelineationParams, consolidate, delineate
 from autopaint.segment.engine import autoinpaint
@@ -146,7 +147,6 @@ def test_reference_uptake_finds_the_liver_or_says_it_did_not() -> None:
 
 
 def _blurred_sphere(necrotic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from scipy import ndimage
 
     shape = (60, 60, 30)
     zz = np.indices(shape).astype(np.float32)
@@ -184,6 +184,21 @@ def test_delineation_fills_a_necrotic_core() -> None:
     assert suv[30, 30, 15] < recs[0]["level_suv"]  # the core is below the lesion's level ...
     assert mask[30, 30, 15]  # ... and inside the lesion all the same
     assert dice(mask, tumour) > 0.75
+
+
+def test_contrast_rule_drops_a_faint_spot_and_keeps_the_lesion() -> None:
+    suv, _, tumour, ooi = _blurred_sphere()  # peak ~8 over a 0.4 background: contrast ~20
+    faint = ndimage.gaussian_filter(np.where(tumour, 1.2, 0.4).astype(np.float32), sigma=(2.5, 2.5, 1.25))
+    detection = np.zeros_like(tumour)
+    detection[26:34, 26:34, 13:17] = True
+    spacing = np.array([1.0, 1.0, 2.0])
+    strict = DelineationParams(fraction=0.3, min_contrast=5.0)
+    mask, recs = delineate(detection, suv, ooi, spacing, strict)
+    assert recs[0]["kept"] and dice(mask, tumour) > 0.8
+    gone, recs = delineate(detection, faint, ooi, spacing, strict)  # peak ~1.2 over 0.4: contrast 3 < 5
+    assert not recs[0]["kept"] and not gone.any()
+    kept, recs = delineate(detection, faint, ooi, spacing, DelineationParams(fraction=0.3))
+    assert recs[0]["kept"] and kept.any()
 
 
 def test_consolidation_drops_small_components() -> None:

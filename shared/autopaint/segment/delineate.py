@@ -9,6 +9,9 @@ delineated by a local rule on the reference grid (issue #11, part 5):
   ``shell_mm`` around the dilated region) give the level ``bg + fraction * (peak - bg)``; the lesion is
   the 18-connected component of SUV >= level that contains the peak, with enclosed holes filled
   (necrotic cores). Optionally voxels of aerated lung on CT (HU < ``solid_hu``) are dropped from it.
+  A lesion whose peak is under ``min_contrast`` times its local background is dropped (a faint spot
+  standing little above its surroundings is more often physiological uptake, e.g. a benign node or
+  blood pool, than tumour; 0 keeps every lesion). Its record says so (``kept``).
 * **residual** (``method="residual"``, CT-only models, or PET/CT where asked): the detection as it is.
 
 3-D consolidation (part 6): 26-connected components of the final mask smaller than ``min_ml`` are
@@ -38,6 +41,7 @@ class DelineationParams:
     shell_mm: float = 10.0
     solid_hu: float | None = None
     min_ml: float = 0.0
+    min_contrast: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +69,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def delineate_one(region: np.ndarray, suv: np.ndarray, ooi: np.ndarray, spacing: np.ndarray,
                   params: DelineationParams, ct: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """One detected region (bool, a cropped box of the volume) -> its lesion mask (same box) and the
-    numbers used (peak, background, level). ``suv``/``ooi``/``ct`` are the same box."""
+    """One detected region (bool, a cropped box of the volume) -> its lesion mask (same box, empty when
+    the contrast rule drops it) and the numbers used (peak, background, level, kept). ``suv``/``ooi``/``ct``
+    are the same box."""
     search = _within(region, spacing, params.search_mm) & ooi
     search |= region
     shell = _within(search, spacing, params.shell_mm) & ~search & ooi
@@ -84,7 +89,9 @@ def delineate_one(region: np.ndarray, suv: np.ndarray, ooi: np.ndarray, spacing:
     labels = cc3d.connected_components(above.astype(np.uint8), connectivity=18)
     lesion = labels == labels[peak_idx]
     lesion = fill_holes(lesion) & search
-    return lesion, {"peak_suv": peak, "background_suv": bg, "level_suv": level}
+    kept = peak >= params.min_contrast * bg
+    return lesion if kept else np.zeros_like(lesion), {"peak_suv": peak, "background_suv": bg, "level_suv": level,
+                                                        "kept": kept}
 
 
 def delineate(detection: np.ndarray, suv: np.ndarray | None, ooi: np.ndarray, spacing: np.ndarray,
