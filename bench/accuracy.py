@@ -293,7 +293,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "calibration": {k: v for k, v in acc["calibration"].items() if k != "delineation_grid"},
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                        f"load average at end {os.getloadavg()[0]:.2f}",
-            "wall_s": time.time() - t_start}
+            "wall_s": time.time() - t_start, "note": args.note}
     if uad is not None and uad_dir is not None:
         meta["uad"] = uad.summary(uad_dir)
     _write(args.out, meta, records, exact)
@@ -340,6 +340,8 @@ def main() -> None:
     ap.add_argument("--uad", type=Path, default=None,
                     help="dAE/VAE folder (calibrate-uad writes it, evaluate reads it; default work/uad/<model>)")
     ap.add_argument("--no-uad", action="store_true", help="evaluate: no dAE/VAE rows")
+    ap.add_argument("--note", default=None, help="evaluate: a sentence for the report's header (e.g. which "
+                    "evaluation of this held-out cohort this is)")
     ap.add_argument("--train-cohort", type=Path, default=None,
                     help="calibrate-uad: phantom cohort of the dAE/VAE healthy training slices (generated when missing)")
     ap.add_argument("--train-n", type=int, default=20, help="calibrate-uad: patients of a generated training cohort")

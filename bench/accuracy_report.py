@@ -82,7 +82,8 @@ def write_report(path: Path, meta: dict[str, Any], records: dict[str, list[dict[
              f"Every threshold and level was chosen on the validation patients {cal['cases']} of "
              f"{cal['cohort']} (`{cal['command']}`): gate {cal.get('gate_scope', 'lesion')} level {cal['gate_level']:.4f} "
              f"(budget {cal['fp_budget_per_patient']} false-positive lesions per patient), residual thresholds "
-             f"{ {k: round(v, 2) for k, v in cal['thresholds'].items()} }.", *_uad_lines(meta.get("uad")), "",
+             f"{ {k: round(v, 2) for k, v in cal['thresholds'].items()} }.", *_uad_lines(meta.get("uad")),
+             *([f"Note: {meta['note']}  "] if meta.get("note") else []), "",
              "Dice: single threshold/level from validation, mean ± SD over patients with tumour; [Dice]: per-patient "
              "best residual threshold of the paper's sweep (residual-threshold rows only); lesion-wise numbers as "
              "autoPET defines them (cc3d components, 18-connectivity): a true lesion is found when any predicted "
